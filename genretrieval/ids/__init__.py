@@ -1,0 +1,21 @@
+"""Item-ID schemes: how catalog items become token sequences the model can generate."""
+
+from .atomic import AtomicIdScheme
+from .base import (
+    ItemIdScheme,
+    UnknownItemError,
+    get_id_scheme_class,
+    load_id_scheme,
+    register_id_scheme,
+    registered_id_schemes,
+)
+
+__all__ = [
+    "AtomicIdScheme",
+    "ItemIdScheme",
+    "UnknownItemError",
+    "get_id_scheme_class",
+    "load_id_scheme",
+    "register_id_scheme",
+    "registered_id_schemes",
+]

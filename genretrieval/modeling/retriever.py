@@ -1,0 +1,229 @@
+"""The generative retriever: a seq2seq model + its tokenizer + the item-ID scheme, saved as one directory.
+
+Directory layout written by :meth:`GenerativeRetriever.save_pretrained`::
+
+    config.json, model.safetensors, generation_config.json   # the T5 model (safetensors only)
+    tokenizer.json, tokenizer_config.json, ...                # text pieces + task prefixes + ID tokens
+    id_scheme.json                                            # item ↔ token sequence
+    genretrieval.json                                         # input formatting (prefixes, history cap) + version
+    catalog_titles.json                                       # optional: item → title, for readable output
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..ids import ItemIdScheme, load_id_scheme
+
+RETRIEVER_FILE = "genretrieval.json"
+TITLES_FILE = "catalog_titles.json"
+SEARCH_PREFIX = "search:"
+RECOMMEND_PREFIX = "recommend:"
+
+
+@dataclass
+class ModelConfig:
+    """How to build the seq2seq model. Defaults give a ~3M-parameter T5 that trains on a CPU in minutes."""
+
+    model_name_or_path: str | None = None  # local dir or Hub id of a pretrained seq2seq model; None = from config
+    d_model: int = 128  # TIGER's size; enough for catalogs of ~10k items on CPU
+    d_ff: int = 512  # 4 × d_model, as in T5
+    num_layers: int = 4  # encoder layers
+    num_decoder_layers: int = 4  # decoder layers
+    num_heads: int = 4  # d_model / num_heads = d_kv
+    d_kv: int = 32  # size of each attention head
+    dropout_rate: float = 0.1  # T5's default
+    max_source_length: int = 64  # tokens of the input (prefix + query or history); longer inputs are truncated
+    max_history: int = 20  # most recent items of a history placed in a recommend input
+
+    def __post_init__(self) -> None:
+        for name in ("d_model", "d_ff", "num_layers", "num_decoder_layers", "num_heads", "d_kv", "max_source_length", "max_history"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"ModelConfig.{name} must be a positive integer, got {value!r}")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"ModelConfig.dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
+
+
+def build_model(config: ModelConfig, tokenizer: Any) -> torch.nn.Module:
+    """A T5 seq2seq model: pretrained (``model_name_or_path``) with resized embeddings, or fresh from ``config``."""
+    from transformers import AutoModelForSeq2SeqLM, T5Config, T5ForConditionalGeneration
+
+    if config.model_name_or_path:
+        model = AutoModelForSeq2SeqLM.from_pretrained(config.model_name_or_path, use_safetensors=None)
+        if model.get_input_embeddings().num_embeddings < len(tokenizer):
+            model.resize_token_embeddings(len(tokenizer))
+        return model
+    t5_config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=config.d_model,
+        d_ff=config.d_ff,
+        d_kv=config.d_kv,
+        num_layers=config.num_layers,
+        num_decoder_layers=config.num_decoder_layers,
+        num_heads=config.num_heads,
+        dropout_rate=config.dropout_rate,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
+        feed_forward_proj="relu",
+        tie_word_embeddings=True,
+    )
+    return T5ForConditionalGeneration(t5_config)
+
+
+class GenerativeRetriever:
+    """One model that answers search (query → items) and recommendation (history → next items)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        tokenizer: Any,
+        id_scheme: ItemIdScheme,
+        *,
+        max_source_length: int = 64,
+        max_history: int = 20,
+        titles: Mapping[str, str] | None = None,
+    ):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.id_scheme = id_scheme
+        self.max_source_length = max_source_length
+        self.max_history = max_history
+        self.titles = dict(titles) if titles else {}
+        self._trie = None
+        missing = [t for t in id_scheme.new_tokens()[:1] + id_scheme.new_tokens()[-1:] if t not in tokenizer.get_vocab()]
+        if missing:
+            raise ValueError(f"the tokenizer lacks the item-ID tokens of the scheme (e.g. {missing[0]!r}); add them first")
+
+    def with_model(self, model: torch.nn.Module) -> GenerativeRetriever:
+        """The same retriever around another model object (e.g. the unwrapped one after ``accelerator.prepare``)."""
+        other = GenerativeRetriever(model, self.tokenizer, self.id_scheme, max_source_length=self.max_source_length,
+                                    max_history=self.max_history, titles=self.titles)
+        other._trie = self._trie
+        return other
+
+    # ---- input formatting: the single place where sources are written -----------------------------------------
+    def format_search(self, query: str) -> str:
+        """Model input for a search request."""
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError(f"a search query must be a non-empty string, got {query!r}")
+        return f"{SEARCH_PREFIX} {' '.join(query.split())}"
+
+    def format_recommend(self, history: Sequence[str]) -> str:
+        """Model input for a recommendation request (item ids, oldest first; the last ``max_history`` are kept)."""
+        if isinstance(history, str):
+            raise TypeError("a history is a list of item ids, not a string")
+        if len(history) == 0:
+            raise ValueError("a recommendation history must contain at least one item")
+        return f"{RECOMMEND_PREFIX} " + "".join(self.id_scheme.encode_text(i) for i in list(history)[-self.max_history :])
+
+    def format_example(self, example: Mapping[str, Any]) -> str:
+        """Model input for a row of an examples table (``task``, ``query``, ``history``)."""
+        if example["task"] == "search":
+            return self.format_search(example["query"])
+        if example["task"] == "recommend":
+            return self.format_recommend(example["history"])
+        raise ValueError(f"unknown task {example['task']!r}; expected 'search' or 'recommend'")
+
+    def format_target(self, item_id: str) -> str:
+        """Decoder target text of an item (its ID tokens; the tokenizer appends eos)."""
+        return self.id_scheme.encode_text(item_id)
+
+    # ---- retrieval -------------------------------------------------------------------------------------------
+    @property
+    def trie(self):
+        """Trie of valid item IDs (built once, on first use)."""
+        if self._trie is None:
+            from ..decoding import ItemTrie
+
+            self._trie = ItemTrie.from_scheme(self.id_scheme, self.tokenizer)
+        return self._trie
+
+    def retrieve(self, sources: Sequence[str], k: int = 10, *, exclude: Sequence[Collection[str]] | None = None,
+                 batch_size: int = 64, num_beams: int | None = None):
+        """Top-``k`` items for already formatted inputs; returns :class:`~genretrieval.decoding.RetrievalOutput`."""
+        from ..decoding import retrieve
+
+        return retrieve(self.model, self.tokenizer, self.id_scheme, list(sources), k, num_beams=num_beams,
+                        batch_size=batch_size, max_source_length=self.max_source_length, trie=self.trie,
+                        exclude=list(exclude) if exclude is not None else None)
+
+    def search(self, queries: Sequence[str] | str, k: int = 10, **kwargs: Any):
+        """Top-``k`` items for each query."""
+        queries = [queries] if isinstance(queries, str) else list(queries)
+        return self.retrieve([self.format_search(q) for q in queries], k, **kwargs)
+
+    def recommend(self, histories: Sequence[Sequence[str]], k: int = 10, *, exclude_history: bool = False, **kwargs: Any):
+        """Top-``k`` next items for each history; ``exclude_history`` drops items already in it."""
+        histories = [list(h) for h in histories]
+        exclude = [set(h) for h in histories] if exclude_history else None
+        return self.retrieve([self.format_recommend(h) for h in histories], k, exclude=exclude, **kwargs)
+
+    # ---- persistence -----------------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write model (safetensors), tokenizer, ID scheme and settings; the target appears complete or not at all."""
+        from ..ids.base import atomic_write_text
+
+        directory = Path(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=directory.parent, prefix=f".{directory.name}.tmp"))
+        try:
+            self.model.save_pretrained(tmp, safe_serialization=True)
+            self.tokenizer.save_pretrained(tmp)
+            self.id_scheme.save(tmp)
+            settings = {"max_source_length": self.max_source_length, "max_history": self.max_history,
+                        "search_prefix": SEARCH_PREFIX, "recommend_prefix": RECOMMEND_PREFIX,
+                        "genretrieval_version": _version()}
+            atomic_write_text(tmp / RETRIEVER_FILE, json.dumps(settings, indent=2))
+            if self.titles:
+                atomic_write_text(tmp / TITLES_FILE, json.dumps(self.titles))
+            if directory.exists():
+                old = directory.with_name(f".{directory.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(directory, old)
+                os.replace(tmp, directory)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, directory)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, *, device: str | torch.device | None = None) -> GenerativeRetriever:
+        """Load what :meth:`save_pretrained` wrote (safetensors only; no remote code)."""
+        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+        directory = Path(directory)
+        settings_path = directory / RETRIEVER_FILE
+        if not settings_path.is_file():
+            raise FileNotFoundError(f"{str(directory)!r} is not a saved GenerativeRetriever (no {RETRIEVER_FILE})")
+        settings = json.loads(settings_path.read_text(encoding="utf-8"))
+        model = AutoModelForSeq2SeqLM.from_pretrained(directory, use_safetensors=True, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+        titles_path = directory / TITLES_FILE
+        titles = json.loads(titles_path.read_text(encoding="utf-8")) if titles_path.is_file() else None
+        if device is not None:
+            model.to(device)
+        model.eval()
+        return cls(model, tokenizer, load_id_scheme(directory), max_source_length=settings["max_source_length"],
+                   max_history=settings["max_history"], titles=titles)
+
+    def title(self, item_id: str) -> str:
+        """Human-readable title of an item (falls back to its id)."""
+        return self.titles.get(item_id, item_id)
+
+
+def _version() -> str:
+    from .. import __version__
+
+    return __version__

@@ -1,0 +1,116 @@
+"""The typed configuration tree of ``recipes/train.py`` (one YAML section per dataclass)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..data.builders import MixtureConfig, SplitConfig
+from ..data.synthetic import SyntheticConfig
+from ..modeling.retriever import ModelConfig
+from ..tokenization import TextTokenizerConfig
+
+
+@dataclass
+class DataConfig:
+    """Where the catalog and interactions come from, and how they are split into examples."""
+
+    source: Literal["synthetic", "files"] = "synthetic"  # the embedded generator, or your JSONL/CSV files
+    catalog_path: str | None = None  # with source=files: catalog .jsonl/.csv (see docs/data.md)
+    interactions_path: str | None = None  # with source=files: interactions .jsonl/.csv
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # knobs of the generator
+    split: SplitConfig = field(default_factory=SplitConfig)  # leave-one-out / query-disjoint split settings
+
+    def __post_init__(self) -> None:
+        if self.source == "files" and not (self.catalog_path and self.interactions_path):
+            raise ValueError("data.source=files needs both data.catalog_path and data.interactions_path")
+
+
+@dataclass
+class IdSchemeConfig:
+    """How items become tokens."""
+
+    name: Literal["atomic"] = "atomic"  # one token per item; semantic IDs arrive in a later release
+
+    def __post_init__(self) -> None:
+        if self.name != "atomic":
+            raise ValueError(f"ids.name={self.name!r} is not available yet; use 'atomic'")
+
+
+@dataclass
+class EvalConfig:
+    """How validation and test rankings are scored."""
+
+    ks: list[int] = field(default_factory=lambda: [5, 10, 30])  # cut-offs of Recall/NDCG/HR
+    depth: int = 100  # items retrieved per request; MRR and MAP are computed over this depth
+    exclude_history_items: bool = False  # mask items already in a user's history (rec); reported in metrics.json
+    batch_size: int = 128  # requests per retrieval batch
+    max_validation_requests: int = 1000  # validation subsample per task (seeded) to keep periodic evals cheap
+    metric_for_best: str = "recall@10"  # validation metric (averaged over trained tasks) for early stopping
+    num_examples_to_show: int = 3  # example queries/histories printed with retrieved titles at the end
+
+    def __post_init__(self) -> None:
+        if not self.ks or any(k < 1 for k in self.ks):
+            raise ValueError(f"eval.ks must be positive cut-offs, got {self.ks!r}")
+        if self.depth < max(self.ks):
+            raise ValueError(f"eval.depth ({self.depth}) must be at least the largest cut-off ({max(self.ks)})")
+        if self.batch_size < 1 or self.max_validation_requests < 1:
+            raise ValueError("eval.batch_size and eval.max_validation_requests must be positive")
+
+
+@dataclass
+class TrainingArguments:
+    """The optimisation loop."""
+
+    output_dir: str = "runs/default"  # checkpoints, best model, metrics.json, TensorBoard logs
+    seed: int = 42  # model init, data order, dropout
+    num_epochs: int = 8  # passes over the mixed training set (ignored when max_steps is set)
+    max_steps: int | None = None  # optimizer steps in total; overrides num_epochs
+    batch_size: int = 64  # examples per device per micro-step
+    gradient_accumulation_steps: int = 1  # micro-steps per optimizer step
+    learning_rate: float = 2e-3  # small T5s trained from scratch like a high LR with AdamW
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.05  # share of steps with linear warm-up
+    lr_scheduler: Literal["linear", "cosine", "constant"] = "linear"
+    max_grad_norm: float = 1.0  # gradient clipping
+    mixed_precision: Literal["auto", "no", "fp16", "bf16"] = "auto"  # auto: bf16/fp16 on GPU, fp32 on CPU
+    eval_every: int = 0  # optimizer steps between validations; 0 = once per epoch
+    early_stopping_patience: int = 3  # validations without improvement before stopping; 0 disables
+    save_every: int = 0  # optimizer steps between checkpoints; 0 = once per epoch
+    save_total_limit: int = 2  # checkpoints kept (oldest deleted)
+    resume_from_checkpoint: str | None = None  # a checkpoint dir, or "latest" (newest in output_dir/checkpoints)
+    interrupt_after_steps: int | None = None  # stop this run after N optimizer steps as if killed (tests, time boxes)
+    logging_steps: int = 25  # optimizer steps between tracker logs
+    report_to: Literal["auto", "tensorboard", "none"] = "auto"  # auto: TensorBoard when installed
+    num_threads: int | None = None  # CPU threads; None = all cores (accelerate launch would set 1)
+    dataloader_num_workers: int = 0  # tokenisation is cheap; workers rarely pay off on CPU
+
+    def __post_init__(self) -> None:
+        positive = ("num_epochs", "batch_size", "gradient_accumulation_steps", "save_total_limit", "logging_steps")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"training.{name} must be >= 1, got {getattr(self, name)!r}")
+        for name in ("max_steps", "interrupt_after_steps", "num_threads"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"training.{name} must be >= 1 or null, got {value!r}")
+        for name in ("eval_every", "save_every", "early_stopping_patience", "dataloader_num_workers"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"training.{name} must be >= 0, got {getattr(self, name)!r}")
+        if self.learning_rate <= 0:
+            raise ValueError(f"training.learning_rate must be > 0, got {self.learning_rate!r}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"training.warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``recipes/train.py`` needs; each field is one YAML section."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    mixture: MixtureConfig = field(default_factory=MixtureConfig)  # tasks: [search], [recommend] or both
+    ids: IdSchemeConfig = field(default_factory=IdSchemeConfig)
+    tokenizer: TextTokenizerConfig = field(default_factory=TextTokenizerConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    training: TrainingArguments = field(default_factory=TrainingArguments)
+    eval: EvalConfig = field(default_factory=EvalConfig)
