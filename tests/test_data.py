@@ -261,8 +261,20 @@ def test_search_examples_group_query_variants_and_use_earlier_history():
     distinct = {s: {normalize_query(q) for q in search[s]["query"]} for s in search}
     assert (len(distinct["test"]), len(distinct["validation"]), len(distinct["train"])) == (2, 2, 17)  # 10% of 21
     first = next(r for s in search for r in search[s] if r["query"] == "Red  Shoe")
-    assert first["history"] == ["b"]  # rec items strictly before t=3, last max_history=1
+    # Rec items strictly before t=3 are a, b (last max_history=1 → b); a training input must not hold u1's held-out
+    # rec items (b is u1's validation target, d its test target), so there the history stops at a.
+    assert first["history"] == (["a"] if split_of["Red  Shoe"] == "train" else ["b"])
     assert first["target_item"] == "c" and first["task"] == "search"
+
+
+def test_search_training_histories_exclude_held_out_rec_items():
+    rows = [("u1", i, t, "rec", "") for t, i in enumerate("abcde")]  # valid target d, test target e
+    rows += [("u1", "a", 10 + k, "search", f"q{k}") for k in range(30)]
+    cat, inter = _table(rows)
+    search = build_examples(cat, inter)["search"]
+    assert len(search["train"]) > 0
+    assert all(h == ["a", "b", "c"] for h in search["train"]["history"])
+    assert all(h == list("abcde") for h in search["test"]["history"])  # the past is fair game at test time
 
 
 def test_absent_scenario_gives_empty_typed_splits_and_check_tasks_names_it():

@@ -69,3 +69,23 @@ def test_bad_config_fails_with_a_message(args, message, capsys):
         _recipe().main([SMOKE] + args)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_alignment_simulation_script_runs_and_resumes(tmp_path):
+    spec = importlib.util.spec_from_file_location("simulate_alignment", ROOT / "recipes" / "simulate_alignment.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    args = ["--alignments", "1.0", "0.0", "--seeds", "0", "--config", SMOKE, "--output", str(tmp_path),
+            "--", "--training.max_steps", "4"]
+    summary = module.main(args)
+    assert [(r["alignment"], r["task"]) for r in summary["rows"]] == [
+        (1.0, "search"), (1.0, "recommend"), (0.0, "search"), (0.0, "recommend")]
+    row = summary["rows"][0]
+    assert row["gen_s/recall@10/per_seed"] == [
+        json.loads((tmp_path / "alignment-1" / "gen_s-seed0" / "metrics.json").read_text())["test"]["search"]["recall@10"]]
+    assert (tmp_path / "results.md").read_text().startswith("| alignment |")
+    # A second call trains nothing new: every run's metrics.json is reused.
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.glob("alignment-*/*/metrics.json")}
+    assert len(stamps) == 6
+    module.main(args)
+    assert stamps == {p: p.stat().st_mtime_ns for p in tmp_path.glob("alignment-*/*/metrics.json")}

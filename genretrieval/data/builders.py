@@ -178,8 +178,12 @@ def _search_examples(
     for r in rows:
         user, query = cols["user_id"][r], cols["query"][r]
         times, items = histories.get(user, ([], []))
-        before = items[: bisect_left(times, cols["timestamp"][r])]  # strictly earlier rec events
         split = split_of[normalize_query(query)]
+        end = bisect_left(times, cols["timestamp"][r])  # strictly earlier rec events
+        if split == "train" and len(items) >= cfg.min_user_interactions:
+            # A training input must not contain the user's held-out rec items (validation/test targets).
+            end = min(end, len(items) - 2)
+        before = items[:end]
         _add(splits[split], "search", user, query, before[-cfg.max_history :], cols["item_id"][r])
     return _to_dict(splits)
 

@@ -172,7 +172,7 @@ class GenerativeRetriever:
     # ---- persistence -----------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> None:
         """Write model (safetensors), tokenizer, ID scheme and settings; the target appears complete or not at all."""
-        from ..ids.base import atomic_write_text
+        from ..fileio import atomic_write_text
 
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)

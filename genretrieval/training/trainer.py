@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
@@ -27,7 +28,7 @@ from ..data.builders import build_examples, mix_tasks
 from ..data.schema import TASKS
 from ..evaluation.evaluator import Request, evaluate_requests, group_requests, rank_requests, subsample
 from ..ids import AtomicIdScheme
-from ..ids.base import atomic_write_text
+from ..fileio import atomic_write_text
 from ..modeling.retriever import GenerativeRetriever, build_model
 from .arguments import TrainConfig
 
@@ -228,6 +229,8 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
     args = config.training
     output_dir = Path(args.output_dir)
+    # T5 ties lm_head/encoder/decoder embeddings; accelerate warns about it on every save_state, harmlessly.
+    logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
     if not torch.cuda.is_available():
         torch.set_num_threads(args.num_threads or os.cpu_count() or 1)
     accelerator = _make_accelerator(config)
@@ -312,14 +315,15 @@ def train(config: TrainConfig) -> dict[str, Any]:
         else:
             state.bad_evals += 1
         accelerator.wait_for_everyone()
-        pbar.write(f"step {state.global_step}: validation {config.eval.metric_for_best} = {score:.4f}"
-                   f"{' (best)' if improved else f' (best {state.best_metric:.4f} at step {state.best_step})'}")
+        per_task = ", ".join(f"{t} {m[config.eval.metric_for_best]:.4f}" for t, m in metrics.items())
+        pbar.write(f"step {state.global_step}: validation {config.eval.metric_for_best} = {score:.4f} ({per_task})"
+                   f"{' best' if improved else f'; best {state.best_metric:.4f} at step {state.best_step}'}")
         return bool(args.early_stopping_patience) and state.bad_evals >= args.early_stopping_patience
 
     # ---- loop ----
     model.train()
     pbar = tqdm(total=total_steps, initial=state.global_step, desc="training", disable=not accelerator.is_local_main_process,
-                dynamic_ncols=True)
+                dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10.0)
     steps_this_run = 0
     window_loss, window_examples, window_start = 0.0, 0, time.time()
     done = state.stopped_early or state.global_step >= total_steps
@@ -414,7 +418,16 @@ def train(config: TrainConfig) -> dict[str, Any]:
 
 
 def _save_retriever(accelerator, retriever: GenerativeRetriever, directory: Path) -> None:
-    retriever.with_model(accelerator.unwrap_model(retriever.model)).save_pretrained(directory)
+    from transformers.utils import logging as hf_logging
+
+    # One-file tiny models: the "Writing model shards" bar would only break our own progress bar.
+    enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+            retriever.with_model(accelerator.unwrap_model(retriever.model)).save_pretrained(directory)
+    finally:
+        if enabled:
+            hf_logging.enable_progress_bar()
 
 
 def _environment() -> dict[str, str]:

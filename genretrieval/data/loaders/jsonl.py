@@ -17,6 +17,7 @@ field, e.g. ``interactions.csv line 7, field 'timestamp': 'abc' is not an intege
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from typing import Any
 
 from datasets import Dataset
 
+from ...fileio import atomic_write_text
 from ..schema import CATALOG_FEATURES, INTERACTION_FEATURES, SCENARIOS, DataFormatError
 
 CATEGORY_SEPARATOR = "|"
@@ -82,15 +84,17 @@ def save_table(table: Dataset, path: str | os.PathLike) -> None:
     """Write a catalog or interactions table in the format the loaders read (chosen by extension)."""
     kind = _file_kind(path)
     rows = table.to_list()
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        if kind == "json":
-            for row in rows:
-                f.write(json.dumps(row, ensure_ascii=False) + "\n")
-            return
-        writer = csv.writer(f)
+    buffer = io.StringIO(newline="")
+    if kind == "json":
+        for row in rows:
+            buffer.write(json.dumps(row, ensure_ascii=False) + "\n")
+    else:
+        writer = csv.writer(buffer)
         writer.writerow(table.column_names)
         for line, row in enumerate(rows, start=2):
             writer.writerow([_csv_cell(value, str(path), line, name) for name, value in row.items()])
+    # Validate every cell first, then write through temp file + rename: no half-written table on disk.
+    atomic_write_text(path, buffer.getvalue())
 
 
 class _Where:
