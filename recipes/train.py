@@ -35,15 +35,17 @@ def parse_args(argv: Sequence[str]):
 def main(argv: Sequence[str] | None = None) -> dict:
     """Parse, train, evaluate; returns the metrics written to ``metrics.json``."""
     from genretrieval.config import ConfigError
+    from genretrieval.data import SchemaError
 
     try:
         config = parse_args(sys.argv[1:] if argv is None else argv)
-    except (ConfigError, FileNotFoundError) as err:
+        from genretrieval.training import train
+
+        return train(config)
+    except (ConfigError, SchemaError, FileNotFoundError) as err:
+        # Bad input is the user's to fix: one line naming the problem, not a traceback.
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    from genretrieval.training import train
-
-    return train(config)
 
 
 if __name__ == "__main__":

@@ -89,3 +89,91 @@ def test_alignment_simulation_script_runs_and_resumes(tmp_path):
     assert len(stamps) == 6
     module.main(args)
     assert stamps == {p: p.stat().st_mtime_ns for p in tmp_path.glob("alignment-*/*/metrics.json")}
+
+
+def test_user_files_train_and_malformed_files_name_the_line(tmp_path, capsys):
+    from genretrieval.data import SyntheticConfig, generate_synthetic, save_table
+
+    catalog, interactions = generate_synthetic(SyntheticConfig(num_items=40, num_users=30, num_topics=4, seed=3))
+    save_table(catalog, tmp_path / "catalog.jsonl")
+    save_table(interactions, tmp_path / "events.csv")
+    files = ["--data.source", "files", "--data.catalog_path", str(tmp_path / "catalog.jsonl"),
+             "--data.interactions_path", str(tmp_path / "events.csv"), "--eval.num_examples_to_show", "0"]
+    result = _recipe().main([SMOKE, "--training.output_dir", str(tmp_path / "run"), "--training.max_steps", "3"] + files)
+    assert result["data"]["items"] == 40 and result["data"]["source"] == "files"
+
+    lines = (tmp_path / "events.csv").read_text().splitlines()
+    lines[4] = lines[4].replace(lines[4].split(",")[2], "not-a-time", 1)
+    (tmp_path / "events.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(SystemExit):
+        _recipe().main([SMOKE, "--training.output_dir", str(tmp_path / "bad")] + files)
+    err = capsys.readouterr().err
+    assert "events.csv line 5, field 'timestamp'" in err and "not-a-time" in err
+
+
+def test_early_stopping_stops_when_validation_does_not_improve(tmp_path):
+    # A learning rate of 1e-12 leaves the rankings unchanged, so the second validation cannot improve (strictly).
+    result = _recipe().main([SMOKE, "--training.output_dir", str(tmp_path), "--training.learning_rate", "1e-12",
+                             "--training.eval_every", "2", "--training.early_stopping_patience", "1",
+                             "--eval.num_examples_to_show", "0"])
+    assert result["stopped_early"] is True and result["steps"] == 4
+    assert result["best_validation"]["step"] == 2
+
+
+def test_pretrained_start_and_tensorboard_logs(tmp_path):
+    """model_name_or_path: a local seq2seq checkpoint + its own tokenizer, extended with the ID tokens."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from genretrieval.tokenization import train_sentencepiece, tokenizer_from_sentencepiece
+
+    tokenizer = tokenizer_from_sentencepiece(train_sentencepiece(["some generic pretraining text"] * 20 + ["zebra"]))
+    config = T5Config(vocab_size=len(tokenizer), d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2,
+                      d_kv=16, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    T5ForConditionalGeneration(config).save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    out = tmp_path / "run"
+    result = _recipe().main([SMOKE, "--training.output_dir", str(out), "--training.max_steps", "3",
+                             "--model.model_name_or_path", str(tmp_path / "base"), "--training.report_to", "tensorboard",
+                             "--eval.num_examples_to_show", "0"])
+    assert set(result["test"]) == {"search", "recommend"}
+    from genretrieval.modeling import GenerativeRetriever
+
+    loaded = GenerativeRetriever.from_pretrained(out / "model")
+    assert loaded.model.config.d_model == 32 and loaded.model.get_input_embeddings().num_embeddings >= len(loaded.tokenizer)
+    assert list((out / "logs").rglob("events.out.tfevents.*")), "no TensorBoard event file written"
+
+
+@pytest.mark.slow
+def test_two_process_cpu_run_with_torchrun(tmp_path):
+    """DDP over gloo: one set of files, every test request scored exactly once (gather_for_metrics)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "recipes" / "train.py"), SMOKE, "--training.output_dir", str(tmp_path), "--training.num_threads", "1",
+           "--eval.num_examples_to_show", "0"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    single = _recipe().main([SMOKE, "--training.output_dir", str(tmp_path / "single"), "--eval.num_examples_to_show", "0"])
+    for task in ("search", "recommend"):
+        assert metrics["test"][task]["num_requests"] == single["test"][task]["num_requests"]
+    assert proc.stdout.count("validation recall@10") == 2  # printed by the main process only (2 validations)
+
+
+def test_accelerate_launch_runs_the_recipe(tmp_path):
+    """The README's way in: `accelerate launch recipes/train.py [CONFIG]` (here on the smoke config)."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    launcher = shutil.which("accelerate", path=os.path.dirname(sys.executable)) or shutil.which("accelerate")
+    assert launcher, "the accelerate CLI is not installed next to this Python"
+    cmd = [launcher, "launch", "--num_processes", "1", "--num_cpu_threads_per_process", "2", str(ROOT / "recipes" / "train.py"),
+           SMOKE, "--training.output_dir", str(tmp_path), "--training.max_steps", "3"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "| recommend |" in proc.stdout and (tmp_path / "metrics.json").is_file()

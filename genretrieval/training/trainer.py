@@ -179,7 +179,11 @@ def _make_accelerator(config: TrainConfig):
         except ImportError:
             if args.report_to == "tensorboard":
                 raise ImportError("training.report_to=tensorboard but tensorboard is not installed") from None
+    # Under torchrun on a machine without GPUs, accelerate only forms a (gloo) process group when told cpu=True;
+    # otherwise every process would believe it is the only one and they would overwrite each other's files.
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
     return Accelerator(
+        cpu=multi_cpu,
         gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=_mixed_precision(args.mixed_precision),
         log_with=log_with,
@@ -290,6 +294,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
         hparams = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in flatten(asdict(config)).items()}
         accelerator.init_trackers("genretrieval", config=hparams)
 
+    def write(message: str) -> None:
+        if accelerator.is_main_process:
+            tqdm.write(message)
+
     def save_checkpoint() -> None:
         ckpt = output_dir / "checkpoints" / f"checkpoint-{state.global_step}"
         accelerator.save_state(str(ckpt))
@@ -316,7 +324,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             state.bad_evals += 1
         accelerator.wait_for_everyone()
         per_task = ", ".join(f"{t} {m[config.eval.metric_for_best]:.4f}" for t, m in metrics.items())
-        pbar.write(f"step {state.global_step}: validation {config.eval.metric_for_best} = {score:.4f} ({per_task})"
+        write(f"step {state.global_step}: validation {config.eval.metric_for_best} = {score:.4f} ({per_task})"
                    f"{' best' if improved else f'; best {state.best_metric:.4f} at step {state.best_step}'}")
         return bool(args.early_stopping_patience) and state.bad_evals >= args.early_stopping_patience
 
@@ -364,7 +372,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
             if state.global_step % eval_every == 0 or last:
                 if validate():
                     state.stopped_early = True
-                    pbar.write(f"early stopping: no improvement in {args.early_stopping_patience} validations")
+                    write(f"early stopping: no improvement in {args.early_stopping_patience} validations")
             if state.global_step % save_every == 0 or last or state.stopped_early:
                 save_checkpoint()
             if last or state.stopped_early:
