@@ -27,6 +27,7 @@ class Request:
     exclude: set[str] = field(default_factory=set)
     query: str = ""
     history: list[str] = field(default_factory=list)
+    user_id: str = ""
 
 
 def group_requests(examples: Any, format_fn: Callable[[dict], str], *, exclude_history: bool = False) -> list[Request]:
@@ -38,7 +39,8 @@ def group_requests(examples: Any, format_fn: Callable[[dict], str], *, exclude_h
         req = by_source.get(key)
         if req is None:
             exclude = set(row["history"]) if exclude_history and row["task"] == "recommend" else set()
-            req = by_source[key] = Request(row["task"], source, set(), exclude, row["query"], list(row["history"]))
+            req = by_source[key] = Request(row["task"], source, set(), exclude, row["query"], list(row["history"]),
+                                           row["user_id"] if row["task"] == "recommend" else "")
         req.relevant.add(row["target_item"])
     return list(by_source.values())
 
