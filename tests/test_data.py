@@ -243,7 +243,9 @@ def test_search_split_is_query_disjoint_and_deterministic():
     assert not queries["train"] & queries["test"]
     assert not queries["train"] & queries["validation"]
     assert not queries["validation"] & queries["test"]
-    assert sum(len(ds) for ds in search.values()) == inter["scenario"].count("search")
+    # every search interaction becomes one example, except training ones that target the user's held-out rec items
+    assert sum(len(ds) for ds in search.values()) <= inter["scenario"].count("search")
+    assert sum(len(ds) for ds in search.values()) >= 0.9 * inter["scenario"].count("search")
     again = build_examples(cat, inter, cfg)["search"]
     assert all(search[s].to_dict() == again[s].to_dict() for s in search)
 
@@ -274,6 +276,15 @@ def test_search_training_histories_exclude_held_out_rec_items():
     search = build_examples(cat, inter)["search"]
     assert len(search["train"]) > 0
     assert all(h == ["a", "b", "c"] for h in search["train"]["history"])
+    # a search training example may not target the user's held-out rec items either
+    rows2 = rows + [("u1", item, 50 + k, "search", f"r{k} {item}") for k in range(10) for item in "de"]
+    cat2, inter2 = _table(rows2)
+    search2 = build_examples(cat2, inter2)["search"]
+    assert "d" not in search2["train"]["target_item"] and "e" not in search2["train"]["target_item"]
+    assert "a" in search2["train"]["target_item"]
+    held_out_rows = sum(1 for r in rows2 if r[3] == "search" and r[1] in "de")
+    kept = sum(t in "de" for split in ("validation", "test") for t in search2[split]["target_item"])
+    assert sum(len(ds) for ds in search2.values()) == sum(r[3] == "search" for r in rows2) - (held_out_rows - kept)
     assert all(h == list("abcde") for h in search["test"]["history"])  # the past is fair game at test time
 
 

@@ -73,3 +73,19 @@ def test_model_config_validation_names_the_field():
         ModelConfig(d_model=0)
     with pytest.raises(ValueError, match="dropout_rate"):
         ModelConfig(dropout_rate=1.5)
+
+
+def test_score_matches_retrieve_for_atomic_ids(retriever):
+    from genretrieval.evaluation.evaluator import Request
+
+    sources = [retriever.format_search("red shoes"), retriever.format_recommend(ITEMS[:3])]
+    requests = [Request("search", "ignored", {"sku-1"}, query="red shoes"),
+                Request("recommend", "ignored", {"sku-2"}, history=ITEMS[:3])]
+    scores = retriever.score(requests)
+    assert scores.shape == (2, len(ITEMS))
+    assert torch.allclose(scores.exp().sum(-1), torch.ones(2), atol=1e-5)  # a distribution over the catalog
+    out = retriever.retrieve(sources, k=4)
+    for row, (items, vals) in enumerate(zip(out.item_ids, out.scores)):
+        top = torch.topk(scores[row], 4)
+        assert items == [retriever.item_ids[i] for i in top.indices.tolist()]
+        assert torch.allclose(top.values, torch.tensor(vals), atol=1e-5)

@@ -8,11 +8,19 @@ Recommend (leave-one-out)
     ``max_history`` items, most recent last). Users with fewer than ``min_user_interactions`` rec interactions only
     contribute training examples.
 
-Search (query-disjoint, as in JSR)
+Search (query-disjoint, as in JSR; ``search_split="query"``, the default)
     Distinct normalised queries (lower-cased, whitespace collapsed) are shuffled with the seed and split by fraction,
     so a validation or test query string never occurs in training. Each search interaction becomes one example with
     the original query text, and as history the user's rec items strictly before its timestamp (the last
-    ``max_history``; kept for personalised search).
+    ``max_history``; kept for personalised search). Training search examples never touch a user's held-out rec
+    items: an example whose target is the user's rec validation/test item is dropped, and training histories stop
+    before those items (with queries simulated from rec events, each rec test item would otherwise be a search
+    training target of the same user).
+
+Search (per-user chronological, for personalised search; ``search_split="user"``)
+    Each user's search interactions are sorted by ``(timestamp, row order)``: the last one is the test example, the
+    second-last the validation example, the rest train (users with fewer than ``min_user_interactions`` search
+    interactions only feed train). Query strings may recur across splits. Examples and histories are built as above.
 
 Mixing (Penha et al. RecSys'24 §7)
     :func:`mix_tasks` optionally caps the training examples per target item of an *added* task, then resamples each
@@ -31,6 +39,7 @@ from datasets import Dataset, DatasetDict, concatenate_datasets
 from .schema import EXAMPLE_FEATURES, TASKS, validate_catalog, validate_interactions
 
 SPLITS = ("train", "validation", "test")
+SEARCH_SPLITS = ("query", "user")
 
 
 @dataclass
@@ -42,8 +51,11 @@ class SplitConfig:
     search_test_fraction: float = 0.1  # share of distinct search queries held out for test
     min_user_interactions: int = 3  # fewer rec interactions than this: the user only feeds train (LOO needs 3)
     seed: int = 0  # seed of the query shuffle
+    search_split: str = "query"  # "query": query-disjoint (JSR); "user": per user, last search test, 2nd-last valid
 
     def __post_init__(self) -> None:
+        if self.search_split not in SEARCH_SPLITS:
+            raise ValueError(f"SplitConfig.search_split must be one of {SEARCH_SPLITS}, got {self.search_split!r}")
         if self.max_history < 1:
             raise ValueError(f"SplitConfig.max_history must be >= 1, got {self.max_history!r}")
         for name in ("search_valid_fraction", "search_test_fraction"):
@@ -164,8 +176,30 @@ def _split_count(fraction: float, n: int) -> int:
 def _search_examples(
     cols: dict[str, list], histories: dict[str, tuple[list[int], list[str]]], cfg: SplitConfig
 ) -> DatasetDict:
-    """Query-disjoint search examples (see the module docstring)."""
+    """Query-disjoint or per-user search examples (see the module docstring)."""
     rows = [r for r, scenario in enumerate(cols["scenario"]) if scenario == "search"]
+    split_of_row = _user_split(cols, rows, cfg) if cfg.search_split == "user" else _query_split(cols, rows, cfg)
+
+    splits = {name: _empty_examples() for name in SPLITS}
+    for r in rows:
+        user, query = cols["user_id"][r], cols["query"][r]
+        times, items = histories.get(user, ([], []))
+        split = split_of_row[r]
+        end = bisect_left(times, cols["timestamp"][r])  # strictly earlier rec events
+        if split == "train" and len(items) >= cfg.min_user_interactions:
+            # Neither the input nor the target of a training example may be one of the user's held-out rec items
+            # (validation/test targets): with queries simulated from the rec events themselves, every rec test
+            # item would otherwise also be a search training target of the same user.
+            if cols["item_id"][r] in items[-2:]:
+                continue
+            end = min(end, len(items) - 2)
+        before = items[:end]
+        _add(splits[split], "search", user, query, before[-cfg.max_history :], cols["item_id"][r])
+    return _to_dict(splits)
+
+
+def _query_split(cols: dict[str, list], rows: list[int], cfg: SplitConfig) -> dict[int, str]:
+    """Split of each search row such that no normalised query string is in two splits."""
     distinct = sorted({normalize_query(cols["query"][r]) for r in rows})  # sorted: independent of row order
     order = np.random.default_rng(cfg.seed).permutation(len(distinct))
     n_test = _split_count(cfg.search_test_fraction, len(distinct))
@@ -173,19 +207,22 @@ def _search_examples(
     split_of = {}
     for rank, index in enumerate(order):
         split_of[distinct[index]] = "test" if rank < n_test else "validation" if rank < n_test + n_valid else "train"
+    return {r: split_of[normalize_query(cols["query"][r])] for r in rows}
 
-    splits = {name: _empty_examples() for name in SPLITS}
+
+def _user_split(cols: dict[str, list], rows: list[int], cfg: SplitConfig) -> dict[int, str]:
+    """Split of each search row: per user by (timestamp, row), last -> test, second-last -> validation."""
+    by_user: dict[str, list[tuple[int, int]]] = {}
     for r in rows:
-        user, query = cols["user_id"][r], cols["query"][r]
-        times, items = histories.get(user, ([], []))
-        split = split_of[normalize_query(query)]
-        end = bisect_left(times, cols["timestamp"][r])  # strictly earlier rec events
-        if split == "train" and len(items) >= cfg.min_user_interactions:
-            # A training input must not contain the user's held-out rec items (validation/test targets).
-            end = min(end, len(items) - 2)
-        before = items[:end]
-        _add(splits[split], "search", user, query, before[-cfg.max_history :], cols["item_id"][r])
-    return _to_dict(splits)
+        by_user.setdefault(cols["user_id"][r], []).append((cols["timestamp"][r], r))
+    split_of_row = {}
+    for events in by_user.values():
+        events.sort()
+        held_out = len(events) >= cfg.min_user_interactions
+        for position, (_, r) in enumerate(events):
+            from_end = len(events) - position if held_out else 0  # 0: the user only feeds train
+            split_of_row[r] = "test" if from_end == 1 else "validation" if from_end == 2 else "train"
+    return split_of_row
 
 
 @dataclass

@@ -158,6 +158,44 @@ class GenerativeRetriever:
                         batch_size=batch_size, max_source_length=self.max_source_length, trie=self.trie,
                         exclude=list(exclude) if exclude is not None else None)
 
+    def score(self, requests: Sequence[Any], batch_size: int = 128) -> torch.Tensor:
+        """Constrained log-probability of every item for each request ``[n, num_items]`` (catalog order).
+
+        Makes the generative model a :class:`~genretrieval.baselines.base.Retriever` for the evaluation protocols.
+        One decoder step scores every atomic ID exactly; multi-token IDs would need one teacher-forced pass per item,
+        so they are ranked with :meth:`retrieve` (beam search) instead.
+        """
+        if self.id_scheme.id_length != 1:
+            raise NotImplementedError("score() over the whole catalog needs one-token (atomic) IDs; use retrieve()")
+        item_columns = self.trie.codes[:, 0]
+        model = self.model
+        was_training = model.training
+        model.eval()
+        out = []
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(requests), batch_size):
+                    chunk = [self._format_request(r) for r in requests[start : start + batch_size]]
+                    enc = self.tokenizer(chunk, max_length=self.max_source_length, truncation=True, padding=True,
+                                         return_tensors="pt").to(model.device)
+                    start_ids = torch.full((len(chunk), 1), model.config.decoder_start_token_id, device=model.device)
+                    logits = model(**enc, decoder_input_ids=start_ids).logits[:, 0, :]
+                    out.append(torch.log_softmax(logits[:, item_columns.to(logits.device)].float(), dim=-1).cpu())
+        finally:
+            model.train(was_training)
+        return torch.cat(out) if out else torch.empty((0, len(self.id_scheme)))
+
+    def _format_request(self, request: Any) -> str:
+        # Built from the request's fields, not its ``source``: other models' requests carry their own formats.
+        if request.task == "search":
+            return self.format_search(request.query)
+        return self.format_recommend(request.history)
+
+    @property
+    def item_ids(self) -> list[str]:
+        """Catalog order of :meth:`score` columns."""
+        return self.id_scheme.item_ids
+
     def search(self, queries: Sequence[str] | str, k: int = 10, **kwargs: Any):
         """Top-``k`` items for each query."""
         queries = [queries] if isinstance(queries, str) else list(queries)

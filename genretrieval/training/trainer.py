@@ -225,8 +225,12 @@ def _score(metrics: dict[str, dict[str, float]], name: str) -> float:
     return float(np.mean(values))
 
 
-def train(config: TrainConfig) -> dict[str, Any]:
-    """Run training + validation + final test evaluation; returns the content of ``metrics.json``."""
+def train(config: TrainConfig, tables: tuple[Any, Any] | None = None) -> dict[str, Any]:
+    """Run training + validation + final test evaluation; returns the content of ``metrics.json``.
+
+    ``tables`` = ``(catalog, interactions)`` replaces the data the config points to (the benchmark passes real
+    datasets it has already loaded and given simulated queries).
+    """
     from accelerate.utils import set_seed
     from tqdm.auto import tqdm
     from transformers import get_scheduler
@@ -243,7 +247,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     started = time.time()
 
     # ---- data ----
-    catalog, interactions = load_tables(config)
+    catalog, interactions = tables if tables is not None else load_tables(config)
     examples = build_examples(catalog, interactions, config.data.split)
     tasks = list(config.mixture.tasks)
     for task in tasks:
@@ -410,7 +414,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
         "data": {"source": config.data.source, "items": len(catalog), "interactions": len(interactions),
                  "examples": stats, "mixed_train_examples": len(train_set)},
         "random_ranker_recall@10": min(1.0, 10 / len(catalog)),
-        "steps": state.global_step, "stopped_early": state.stopped_early,
+        "steps": state.global_step, "stopped_early": state.stopped_early, "log_history": state.log_history,
         "train_seconds_this_run": round(train_seconds, 1), "seed": args.seed,
         "environment": _environment(),
     }

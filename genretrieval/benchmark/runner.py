@@ -1,0 +1,377 @@
+"""Run a benchmark suite: every (dataset, model, seed) on identical splits, both protocols, one results folder.
+
+Layout of ``<output_root>/<suite>/``::
+
+    results.json         protocol, dataset statistics, seeds, versions, per-model metrics (mean/std/per seed), tests
+    results.md           the same as markdown tables
+    plots/               metrics per model, training curves, t-SNE of item embeddings
+    runs/<dataset>/<model>/seed<k>.json      one finished run (the suite resumes by skipping these)
+    runs/<dataset>/<model>/seed<k>-train/    generative runs' training directory (model, logs, metrics.json)
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import platform
+import time
+import typing
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..config import build_dataclass
+from ..data.builders import build_examples
+from ..evaluation.evaluator import Request, group_requests
+from ..fileio import atomic_write_text
+from .suite import DatasetSpec, ModelSpec, SuiteConfig
+
+MAIN_METRIC = {"full": "recall@10", "sampled": "ndcg@10"}
+# Per-request values kept for paired tests (the rest are kept as means only, to keep run files small).
+PAIRED_METRICS = {"full": ("recall@10", "ndcg@10", "mrr"), "sampled": ("hr@10", "ndcg@10", "mrr")}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------------------------
+def load_dataset(spec: DatasetSpec) -> tuple[Any, Any, dict[str, Any]]:
+    """Catalog + interactions (with simulated queries if asked) and a description for results.json."""
+    from ..data import loaders
+
+    if spec.source == "synthetic":
+        from ..data.synthetic import generate_synthetic
+
+        catalog, interactions = generate_synthetic(spec.synthetic)
+    elif spec.source == "files":
+        catalog = loaders.load_catalog(spec.catalog_path)
+        interactions = loaders.load_interactions(spec.interactions_path, catalog=catalog)
+    elif spec.source == "movielens":
+        catalog, interactions = loaders.load_movielens(spec.path)
+    elif spec.source == "amazon-sequences":
+        catalog, interactions = loaders.load_amazon_sequences(spec.path)
+    else:
+        catalog, interactions = loaders.load_amazon_reviews(spec.interactions_path, spec.catalog_path)
+    if spec.max_users is not None:
+        catalog, interactions = _subsample_users(catalog, interactions, spec.max_users, spec.split.seed)
+    info: dict[str, Any] = {"source": spec.source, "path": spec.path or spec.interactions_path}
+    if spec.queries is not None:
+        from ..data.queries import describe, simulate_search
+
+        interactions = simulate_search(catalog, interactions, spec.queries)
+        info["query_simulation"] = describe(spec.queries)
+    scen = Counter(interactions["scenario"])
+    queries = {q for q, s in zip(interactions["query"], interactions["scenario"]) if s == "search"}
+    info.update({"items": len(catalog), "users": len(set(interactions["user_id"])), "rec_interactions": scen["rec"],
+                 "search_interactions": scen["search"], "distinct_queries": len(queries)})
+    return catalog, interactions, info
+
+
+def _subsample_users(catalog: Any, interactions: Any, max_users: int, seed: int) -> tuple[Any, Any]:
+    users = sorted(set(interactions["user_id"]))
+    if len(users) <= max_users:
+        return catalog, interactions
+    keep = set(np.random.default_rng(seed).choice(users, size=max_users, replace=False).tolist())
+    interactions = interactions.filter(lambda u: u in keep, input_columns="user_id")
+    used = set(interactions["item_id"])
+    return catalog.filter(lambda i: i in used, input_columns="item_id"), interactions
+
+
+def _popularity(examples: dict[str, Any], item_ids: Sequence[str]) -> np.ndarray:
+    counts = Counter(t for task in examples.values() for t in task["train"]["target_item"])
+    return np.array([counts.get(i, 0) for i in item_ids], dtype=np.float64)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# models
+# ---------------------------------------------------------------------------------------------------------------
+def make_baseline(spec: ModelSpec) -> Any:
+    """Instantiate a registered baseline with ``spec.params`` checked against its config dataclass."""
+    from .. import baselines  # noqa: F401  (registers the baselines)
+    from ..baselines.base import get_baseline_class
+
+    cls = get_baseline_class(spec.baseline)
+    params = inspect.signature(cls.__init__).parameters
+    config_param = next((p for name, p in params.items() if name != "self"), None)
+    if config_param is None:
+        if spec.params:
+            raise ValueError(f"model {spec.name!r}: baseline {spec.baseline!r} takes no params, got {spec.params}")
+        return cls()
+    hints = typing.get_type_hints(cls.__init__)
+    config_cls = next((a for a in typing.get_args(hints[config_param.name]) if a is not type(None)),
+                      hints[config_param.name])
+    return cls(build_dataclass(config_cls, spec.params, prefix=f"models[{spec.name}].params"))
+
+
+def _dotted_to_nested(flat: dict[str, Any]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        node = nested
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    return nested
+
+
+def train_generative(spec: ModelSpec, dataset: DatasetSpec, suite: SuiteConfig, seed: int, tables: tuple[Any, Any],
+                     run_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """Train a generative model through the same loop as recipes/train.py; returns (retriever, its metrics.json)."""
+    from ..config import deep_merge
+    from ..modeling import GenerativeRetriever
+    from ..training import TrainConfig, train
+
+    values = deep_merge(_dotted_to_nested(suite.generative_defaults), _dotted_to_nested(spec.overrides))
+    values = deep_merge(values, {
+        "data": {"split": asdict(dataset.split)},
+        "mixture": {"tasks": list(spec.tasks)},
+        "training": {"seed": seed, "output_dir": str(run_dir), "save_total_limit": 1},
+        "eval": {"num_examples_to_show": 0, "exclude_history_items": suite.exclude_history},
+    })
+    config = build_dataclass(TrainConfig, values, prefix=f"models[{spec.name}]")
+    result = train(config, tables=tables)
+    return GenerativeRetriever.from_pretrained(run_dir / "model"), result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one run
+# ---------------------------------------------------------------------------------------------------------------
+def run_one(spec: ModelSpec, dataset: DatasetSpec, suite: SuiteConfig, seed: int, tables: tuple[Any, Any],
+            examples: dict[str, Any], requests: dict[str, list[Request]], interacted: dict[str, set[str]],
+            run_dir: Path) -> dict[str, Any]:
+    """Fit/train one model with one seed and evaluate it on its tasks under every protocol."""
+    import torch
+
+    from ..evaluation.protocols import ProtocolConfig, evaluate_retriever
+
+    started = time.time()
+    record: dict[str, Any] = {"dataset": dataset.name, "model": spec.name, "seed": seed, "kind": spec.kind}
+    if spec.kind == "generative":
+        retriever, train_result = train_generative(spec, dataset, suite, seed, tables, run_dir / f"seed{seed}-train")
+        tasks = list(spec.tasks)
+        record["log_history"] = train_result.get("log_history", [])
+        record["steps"] = train_result.get("steps")
+    else:
+        torch.manual_seed(seed)
+        retriever = make_baseline(spec)
+        tasks = [t for t in ("search", "recommend") if t in retriever.supported_tasks and len(examples[t]["train"])]
+        retriever.fit(tables[0], {t: examples[t]["train"] for t in tasks},
+                      {t: examples[t]["validation"] for t in tasks}, seed=seed)
+    record["fit_seconds"] = round(time.time() - started, 1)
+    record["tasks"] = tasks
+    record["metrics"], record["per_request"] = {}, {}
+    for task in tasks:
+        if not requests[task]:
+            continue
+        record["metrics"][task], record["per_request"][task] = {}, {}
+        for protocol in suite.protocols:
+            config = ProtocolConfig(name=protocol, ks=tuple(suite.ks), depth=suite.depth,
+                                    num_negatives=suite.num_negatives, exclude_history=suite.exclude_history, seed=0)
+            result = evaluate_retriever(retriever, requests[task], config, interacted=interacted)
+            record["metrics"][task][protocol] = {k: float(v) for k, v in result.metrics.items()}
+            record["per_request"][task][protocol] = {
+                m: np.asarray(result.per_request[m], dtype=np.float32).round(5).tolist()
+                for m in PAIRED_METRICS[protocol] if m in result.per_request}
+    record["eval_seconds"] = round(time.time() - started - record["fit_seconds"], 1)
+    if spec.kind == "generative" and suite.tsne and seed == suite.seeds[0]:
+        emb = _item_embeddings(retriever)
+        np.save(run_dir / f"seed{seed}-item-embeddings.npy", emb)
+    return record
+
+
+def _item_embeddings(retriever: Any) -> np.ndarray:
+    """Input-embedding rows of the item tokens (the items' learned representations)."""
+    weight = retriever.model.get_input_embeddings().weight.detach().cpu().float()
+    return weight[retriever.trie.codes[:, 0]].numpy()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the suite
+# ---------------------------------------------------------------------------------------------------------------
+def run_suite(suite: SuiteConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run (or resume) every run of the suite and write results.json, results.md and plots."""
+    from tqdm.auto import tqdm
+
+    out = Path(suite.output_root) / suite.name
+    records: list[dict[str, Any]] = []
+    dataset_info: dict[str, Any] = {}
+    total = len(suite.datasets) * len(suite.models) * len(suite.seeds)
+    bar = tqdm(total=total, desc=f"suite {suite.name}", unit="run")
+    for dataset in suite.datasets:
+        pending = [(m, s) for m in suite.models for s in suite.seeds
+                   if not (out / "runs" / dataset.name / m.slug / f"seed{s}.json").is_file()]
+        catalog, interactions, info = load_dataset(dataset)
+        examples = build_examples(catalog, interactions, dataset.split)
+        info["examples"] = {t: {s: len(examples[t][s]) for s in examples[t]} for t in examples}
+        info["popularity"] = _popularity(examples, list(catalog["item_id"])).tolist()
+        dataset_info[dataset.name] = info
+        requests = {t: group_requests(examples[t]["test"], _source_for, exclude_history=suite.exclude_history)
+                    for t in ("search", "recommend")}
+        interacted: dict[str, set[str]] = {}
+        for user, item in zip(interactions["user_id"], interactions["item_id"]):
+            interacted.setdefault(user, set()).add(item)
+        log(f"[{dataset.name}] {info['items']} items, {info['users']} users, "
+            f"{info['rec_interactions']} rec + {info['search_interactions']} search interactions; "
+            f"test requests: search {len(requests['search'])}, recommend {len(requests['recommend'])}")
+        for model in suite.models:
+            for seed in suite.seeds:
+                run_dir = out / "runs" / dataset.name / model.slug
+                path = run_dir / f"seed{seed}.json"
+                bar.set_postfix_str(f"{dataset.name} | {model.name} | seed {seed}")
+                if (model, seed) in pending:
+                    run_dir.mkdir(parents=True, exist_ok=True)
+                    record = run_one(model, dataset, suite, seed, (catalog, interactions), examples, requests,
+                                     interacted, run_dir)
+                    atomic_write_text(path, json.dumps(record))
+                    summary = ", ".join(f"{t} {MAIN_METRIC['full']}={m['full'][MAIN_METRIC['full']]:.4f}"
+                                        for t, m in record["metrics"].items() if "full" in m)
+                    bar.write(f"[{dataset.name}] {model.name} seed {seed}: {summary} ({record['fit_seconds']} s)")
+                records.append(json.loads(path.read_text(encoding="utf-8")))
+                bar.update(1)
+    bar.close()
+    results = aggregate(suite, records, dataset_info)
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1))
+    markdown = to_markdown(results)
+    atomic_write_text(out / "results.md", markdown)
+    make_plots(suite, records, dataset_info, out)
+    log(markdown)
+    return results
+
+
+def _source_for(row: dict[str, Any]) -> str:
+    """Model input of an example; generative models re-format requests themselves, baselines ignore it."""
+    if row["task"] == "search":
+        return "search: " + " ".join(row["query"].split())
+    return "recommend: " + " ".join(row["history"])
+
+
+def aggregate(suite: SuiteConfig, records: list[dict[str, Any]], dataset_info: dict[str, Any]) -> dict[str, Any]:
+    """Means/stds over seeds and paired tests against the reference model, per dataset × task × protocol."""
+    from ..evaluation.significance import paired_t_test
+
+    reference = suite.reference_model or next((m.name for m in suite.models if m.kind == "generative"
+                                               and len(m.tasks) == 2), suite.models[0].name)
+    table: dict[str, Any] = {}
+    for dataset in suite.datasets:
+        for task in ("search", "recommend"):
+            for protocol in suite.protocols:
+                rows = {}
+                per_request_mean = {}
+                for model in suite.models:
+                    runs = [r for r in records if r["dataset"] == dataset.name and r["model"] == model.name
+                            and task in r["metrics"] and protocol in r["metrics"][task]]
+                    if not runs:
+                        continue
+                    names = list(runs[0]["metrics"][task][protocol])
+                    rows[model.name] = {
+                        m: {"mean": float(np.mean([r["metrics"][task][protocol][m] for r in runs])),
+                            # sample std (ddof=1), as evaluation.significance.mean_over_seeds reports it
+                            "std": float(np.std([r["metrics"][task][protocol][m] for r in runs], ddof=1))
+                            if len(runs) > 1 else 0.0,
+                            "per_seed": [r["metrics"][task][protocol][m] for r in runs]} for m in names}
+                    per_request_mean[model.name] = {
+                        m: np.mean([r["per_request"][task][protocol][m] for r in runs], axis=0)
+                        for m in runs[0]["per_request"][task][protocol]}
+                if not rows:
+                    continue
+                tests = {}
+                if reference in per_request_mean:
+                    for name, values in per_request_mean.items():
+                        if name == reference:
+                            continue
+                        tests[name] = {m: paired_t_test(per_request_mean[reference][m], values[m])
+                                       for m in values if m in per_request_mean[reference]}
+                table.setdefault(dataset.name, {}).setdefault(task, {})[protocol] = {"models": rows, "paired_tests": tests}
+    return {
+        "suite": suite.name,
+        "protocol": {"full": f"full-catalog ranking, depth {suite.depth}", "sampled":
+                     f"1 positive + {suite.num_negatives} negatives sampled from items the user never interacted with",
+                     "history_items_masked": suite.exclude_history, "split_rec": "leave-one-out per user",
+                     "split_search": "see datasets.<name>.split", "paired_test": f"paired t-test over test requests "
+                     f"(per-request metrics averaged over seeds) against {reference}"},
+        "reference_model": reference,
+        "seeds": suite.seeds,
+        "datasets": {n: {k: v for k, v in info.items() if k != "popularity"} |
+                     {"split": asdict(next(d for d in suite.datasets if d.name == n).split)}
+                     for n, info in dataset_info.items()},
+        "models": [asdict(m) for m in suite.models],
+        "results": table,
+        "runs": [{k: v for k, v in r.items() if k not in ("per_request", "log_history")} for r in records],
+        "environment": _environment(),
+    }
+
+
+def _environment() -> dict[str, str]:
+    import accelerate
+    import datasets
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    return {"genretrieval": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "transformers": transformers.__version__, "datasets": datasets.__version__,
+            "accelerate": accelerate.__version__, "numpy": np.__version__, "platform": platform.platform(),
+            "cpu_threads": str(torch.get_num_threads())}
+
+
+def to_markdown(results: dict[str, Any]) -> str:
+    """One table per dataset × task × protocol: mean ± std over seeds, p-value of the paired test."""
+    lines = [f"# Benchmark `{results['suite']}`", "",
+             f"Seeds {results['seeds']}; reference for paired tests: **{results['reference_model']}**; history items "
+             f"{'masked' if results['protocol']['history_items_masked'] else 'not masked'}.", ""]
+    for dataset, tasks in results["results"].items():
+        info = results["datasets"][dataset]
+        lines += [f"## {dataset}", "", f"{info['items']} items, {info['users']} users, {info['rec_interactions']} rec and "
+                  f"{info['search_interactions']} search interactions, {info['distinct_queries']} distinct queries.", ""]
+        for task, protocols in tasks.items():
+            for protocol, block in protocols.items():
+                metrics = list(next(iter(block["models"].values())))
+                main = MAIN_METRIC[protocol]
+                lines += [f"### {dataset} · {task} · {protocol} protocol", "",
+                          "| model | " + " | ".join(metrics) + f" | p ({main}) |",
+                          "|---|" + "---|" * (len(metrics) + 1)]
+                for model, vals in block["models"].items():
+                    test = block["paired_tests"].get(model, {}).get(main)
+                    p = "ref." if model == results["reference_model"] else (f"{test['p_value']:.3g}" if test else "")
+                    cells = [f"{vals[m]['mean']:.4f}" + (f" ± {vals[m]['std']:.4f}" if len(vals[m]['per_seed']) > 1 else "")
+                             for m in metrics]
+                    lines.append(f"| {model} | " + " | ".join(cells) + f" | {p} |")
+                lines.append("")
+    return "\n".join(lines)
+
+
+def make_plots(suite: SuiteConfig, records: list[dict[str, Any]], dataset_info: dict[str, Any], out: Path) -> None:
+    """Metric bars per dataset × task, training curves of generative models, t-SNE of item embeddings."""
+    from ..evaluation.plots import plot_item_embeddings_tsne, plot_metrics, plot_training_curves
+
+    plots = out / "plots"
+    plots.mkdir(parents=True, exist_ok=True)
+    for dataset in suite.datasets:
+        for task in ("search", "recommend"):
+            table = {}
+            for model in suite.models:
+                runs = [r for r in records if r["dataset"] == dataset.name and r["model"] == model.name
+                        and task in r["metrics"] and "full" in r["metrics"][task]]
+                if runs:
+                    table[model.name] = {m: float(np.mean([r["metrics"][task]["full"][m] for r in runs]))
+                                         for m in ("recall@10", "ndcg@10", "mrr")}
+            if table:
+                plot_metrics(table, ["recall@10", "ndcg@10", "mrr"], plots / f"{dataset.name}-{task}-metrics.png",
+                             title=f"{dataset.name} · {task} · full ranking")
+        histories = {r["model"]: r["log_history"] for r in records
+                     if r["dataset"] == dataset.name and r.get("log_history") and r["seed"] == suite.seeds[0]}
+        if histories:
+            plot_training_curves(histories, "train/loss", plots / f"{dataset.name}-train-loss.png")
+        if suite.tsne:
+            embeddings = {}
+            for model in suite.models:
+                path = out / "runs" / dataset.name / model.slug / f"seed{suite.seeds[0]}-item-embeddings.npy"
+                if model.kind == "generative" and path.is_file():
+                    embeddings[model.name] = np.load(path)
+            if embeddings:
+                plot_item_embeddings_tsne(embeddings, np.asarray(dataset_info[dataset.name]["popularity"]),
+                                          plots / f"{dataset.name}-item-tsne.png", seed=suite.seeds[0])

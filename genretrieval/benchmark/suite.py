@@ -1,0 +1,117 @@
+"""The typed description of a benchmark suite: datasets × models × seeds × protocols.
+
+A suite YAML looks like::
+
+    name: ml-100k
+    seeds: [0, 1, 2]
+    datasets:
+      - name: ml-100k
+        source: movielens
+        path: ../shared/data/ml-100k          # the project ships no real data: pass your copy
+        queries: {method: genre_template}
+    models:
+      - {name: Gen-R+S, kind: generative, tasks: [search, recommend]}
+      - {name: SASRec, kind: baseline, baseline: sasrec, params: {max_epochs: 50}}
+    protocols: [full, sampled]
+
+Generative models take ``overrides`` (``--section.key value`` pairs of ``recipes/train.py``, as a mapping
+``{"training.num_epochs": 4}``); baselines take ``params`` for their config dataclass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..data.builders import SplitConfig
+from ..data.queries import QuerySimulationConfig
+from ..data.synthetic import SyntheticConfig
+
+DATA_SOURCES = ("synthetic", "files", "movielens", "amazon-sequences", "amazon-reviews")
+
+
+@dataclass
+class DatasetSpec:
+    """One dataset of the suite and how to turn it into examples."""
+
+    name: str  # label in tables and file names
+    source: Literal["synthetic", "files", "movielens", "amazon-sequences", "amazon-reviews"] = "synthetic"
+    path: str | None = None  # movielens / amazon-sequences: the dataset directory
+    catalog_path: str | None = None  # files: catalog .jsonl/.csv; amazon-reviews: the metadata file
+    interactions_path: str | None = None  # files: interactions .jsonl/.csv; amazon-reviews: the reviews file
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)  # synthetic: generator knobs
+    queries: QuerySimulationConfig | None = None  # simulate search queries (datasets without queries)
+    split: SplitConfig = field(default_factory=SplitConfig)  # split settings (fixed across seeds: paired tests)
+    max_users: int | None = None  # keep a seeded subset of users (CPU time boxes); None = all
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"dataset name must be a non-empty string without '/', got {self.name!r}")
+        needs_path = {"movielens": "path", "amazon-sequences": "path"}
+        if self.source in needs_path and not self.path:
+            raise ValueError(f"dataset {self.name!r}: source={self.source} needs 'path' (the dataset directory)")
+        if self.source in ("files", "amazon-reviews") and not (self.catalog_path and self.interactions_path):
+            raise ValueError(f"dataset {self.name!r}: source={self.source} needs catalog_path and interactions_path")
+        if self.max_users is not None and self.max_users < 2:
+            raise ValueError(f"dataset {self.name!r}: max_users must be >= 2 or null, got {self.max_users!r}")
+
+
+@dataclass
+class ModelSpec:
+    """One row of the result table."""
+
+    name: str  # label, e.g. "Gen-R+S" or "BM25"
+    kind: Literal["generative", "baseline"] = "generative"
+    tasks: list[str] = field(default_factory=lambda: ["search", "recommend"])  # generative: tasks trained on
+    baseline: str | None = None  # baseline: registered name (popularity, popularity-query, bm25, sasrec, biencoder)
+    overrides: dict[str, Any] = field(default_factory=dict)  # generative: recipes/train.py keys, e.g. training.num_epochs
+    params: dict[str, Any] = field(default_factory=dict)  # baseline: fields of its config dataclass
+
+    def __post_init__(self) -> None:
+        if not self.name or "/" in self.name:
+            raise ValueError(f"model name must be a non-empty string without '/', got {self.name!r}")
+        if self.kind == "baseline" and not self.baseline:
+            raise ValueError(f"model {self.name!r}: kind=baseline needs 'baseline' (a registered baseline name)")
+        if self.kind == "generative" and self.baseline:
+            raise ValueError(f"model {self.name!r}: 'baseline' is only for kind=baseline")
+        bad = [t for t in self.tasks if t not in ("search", "recommend")]
+        if bad or not self.tasks:
+            raise ValueError(f"model {self.name!r}: tasks must be a non-empty subset of [search, recommend], got {self.tasks}")
+
+    @property
+    def slug(self) -> str:
+        """File-system-safe form of the name."""
+        return "".join(c if c.isalnum() or c in "-_" else "_" for c in self.name)
+
+
+@dataclass
+class SuiteConfig:
+    """datasets × models × seeds, evaluated under the listed protocols."""
+
+    name: str = "smoke"  # results go to <output_root>/<name>/
+    seeds: list[int] = field(default_factory=lambda: [0])  # training seeds (data splits stay fixed)
+    datasets: list[DatasetSpec] = field(default_factory=list)
+    models: list[ModelSpec] = field(default_factory=list)
+    protocols: list[Literal["full", "sampled"]] = field(default_factory=lambda: ["full", "sampled"])
+    ks: list[int] = field(default_factory=lambda: [5, 10, 30])  # cut-offs of the full protocol
+    depth: int = 100  # full protocol: items ranked per request (MRR, MAP@depth)
+    num_negatives: int = 99  # sampled protocol: negatives per positive
+    exclude_history: bool = False  # mask items already in the user's history (rec)
+    reference_model: str | None = None  # paired tests compare every model with this one (default: first generative)
+    output_root: str = "results"  # where <name>/ is written
+    tsne: bool = True  # Spotify-style t-SNE of item embeddings of the generative models
+    generative_defaults: dict[str, Any] = field(default_factory=dict)  # overrides applied to every generative model
+
+    def __post_init__(self) -> None:
+        if not self.seeds:
+            raise ValueError("seeds must list at least one seed")
+        if not self.datasets or not self.models:
+            raise ValueError("a suite needs at least one dataset and one model")
+        for what, names in (("dataset", [d.name for d in self.datasets]), ("model", [m.name for m in self.models])):
+            dup = {n for n in names if names.count(n) > 1}
+            if dup:
+                raise ValueError(f"duplicate {what} names: {sorted(dup)}")
+        if self.reference_model and self.reference_model not in [m.name for m in self.models]:
+            raise ValueError(f"reference_model {self.reference_model!r} is not one of the suite's models")
+        if self.depth < max(self.ks):
+            raise ValueError(f"depth ({self.depth}) must be at least the largest cut-off ({max(self.ks)})")

@@ -1,0 +1,71 @@
+"""The benchmark command end to end on the smoke suite, and suite-config validation."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = str(ROOT / "recipes" / "configs" / "suites" / "smoke.yaml")
+
+
+def _recipe():
+    spec = importlib.util.spec_from_file_location("benchmark_recipe", ROOT / "recipes" / "benchmark.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_smoke_suite_writes_results_table_and_plots_and_resumes(tmp_path):
+    results = _recipe().main([SMOKE, "--output_root", str(tmp_path)])
+    out = tmp_path / "smoke"
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["suite"] == "smoke" and saved["reference_model"] == "Gen-R+S"
+    assert saved["environment"]["torch"] and saved["datasets"]["synthetic-tiny"]["items"] == 60
+    search = saved["results"]["synthetic-tiny"]["search"]["full"]["models"]
+    rec = saved["results"]["synthetic-tiny"]["recommend"]["full"]["models"]
+    assert {"Gen-S", "Gen-R+S", "Pop", "BM25", "Bi-encoder"} <= set(search)
+    assert {"Gen-R", "Gen-R+S", "Pop", "SASRec", "Bi-encoder"} <= set(rec)
+    assert "BM25" not in rec and "SASRec" not in search and "Gen-R" not in search
+    for block in (search, rec):
+        for metrics in block.values():
+            assert 0.0 <= metrics["recall@10"]["mean"] <= 1.0
+    sampled = saved["results"]["synthetic-tiny"]["recommend"]["sampled"]
+    assert "hr@10" in sampled["models"]["SASRec"] and "p_value" in sampled["paired_tests"]["SASRec"]["ndcg@10"]
+    markdown = (out / "results.md").read_text()
+    assert "### synthetic-tiny · search · full protocol" in markdown and "| Gen-R+S |" in markdown
+    for name in ("synthetic-tiny-search-metrics.png", "synthetic-tiny-recommend-metrics.png",
+                 "synthetic-tiny-train-loss.png", "synthetic-tiny-item-tsne.png"):
+        assert (out / "plots" / name).stat().st_size > 1000, name
+    assert results["results"] == saved["results"]
+    # Resume: finished runs are read back, not recomputed.
+    stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("seed*.json")}
+    assert len(stamps) == 7
+    _recipe().main([SMOKE, "--output_root", str(tmp_path), "--tsne", "false"])
+    assert stamps == {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("seed*.json")}
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        (["--seeds", "[]"], "at least one seed"),
+        (["--reference_model", "Nope"], "reference_model 'Nope'"),
+        (["--modelz", "[]"], "unknown config key 'modelz'"),
+    ],
+)
+def test_bad_suite_configs_fail_with_a_message(override, message, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        _recipe().main([SMOKE, "--output_root", str(tmp_path)] + override)
+    assert message in capsys.readouterr().err
+
+
+def test_model_spec_validation():
+    from genretrieval.benchmark import DatasetSpec, ModelSpec
+
+    with pytest.raises(ValueError, match="needs 'baseline'"):
+        ModelSpec(name="x", kind="baseline")
+    with pytest.raises(ValueError, match="tasks must be"):
+        ModelSpec(name="x", tasks=["ranking"])
+    with pytest.raises(ValueError, match="needs 'path'"):
+        DatasetSpec(name="ml", source="movielens")
