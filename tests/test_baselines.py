@@ -190,14 +190,14 @@ def test_popularity_without_a_task_refuses_its_requests():
 
 def test_query_popularity_uses_the_normalised_query_then_global_popularity():
     catalog = make_catalog(["", "", "", ""])
-    rows = [("Red Shoe", "i00"), ("red  shoe", "i00"), ("red shoe", "i01")] + [("blue", "i02")] * 5
-    model = QueryPopularity().fit(catalog, {"search": make_examples([("search", "u", q, [], t) for q, t in rows])})
+    rows = [("Red Shoe", "i00"), ("red  shoe", "i00"), ("red shoe", "i01")] + [("blue", "i03")] * 5
+    train = {"search": make_examples([("search", "u", q, [], t) for q, t in rows])}
+    model = QueryPopularity().fit(catalog, train)
     scores = model.score([search(" RED shoe "), search("never seen")])
-    assert scores[0].argsort(descending=True).tolist() == [0, 1, 2, 3]  # query counts 2, 1, then global 5, 0
-    assert scores[1].argsort(descending=True).tolist() == [2, 0, 1, 3]  # global popularity 5, 2, 1, 0
-    pure = QueryPopularity(QueryPopularityConfig(fallback=False)).fit(
-        catalog, {"search": make_examples([("search", "u", q, [], t) for q, t in rows])})
-    assert pure.score([search("red shoe")])[0].argsort(descending=True).tolist() == [0, 1, 2, 3]  # no global backfill
+    assert scores[0].argsort(descending=True).tolist() == [0, 1, 3, 2]  # query counts 2, 1, then global 5, 0
+    assert scores[1].argsort(descending=True).tolist() == [3, 0, 1, 2]  # global popularity 5, 2, 1, 0
+    pure = QueryPopularity(QueryPopularityConfig(fallback=False)).fit(catalog, train)
+    assert pure.score([search("red shoe")])[0].argsort(descending=True).tolist() == [0, 1, 2, 3]  # catalog order
     with pytest.raises(ValueError, match="cannot serve task 'recommend'"):
         model.score([rec(["i00"])])
 

@@ -19,7 +19,7 @@ from .base import Retriever, register_baseline
 
 @dataclass
 class PopularityConfig:
-    """Which tasks the popularity baselines count (a task without training examples is skipped anyway)."""
+    """Which tasks `popularity` counts (a task without training examples is skipped anyway)."""
 
     tasks: tuple[str, ...] = TASKS  # tasks to count
 
