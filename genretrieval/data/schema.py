@@ -105,3 +105,15 @@ def validate_interactions(interactions: Dataset, catalog: Dataset | None = None)
             raise SchemaError(f"interactions: row {row}, column 'query': a search interaction needs a non-empty query")
         if known is not None and item not in known:
             raise SchemaError(f"interactions: row {row}, column 'item_id': unknown item {item!r} (not in the catalog)")
+
+
+def rec_tables(catalog: dict[str, list], rows: list[tuple[str, str, int]]) -> tuple[Dataset, Dataset]:
+    """Canonical (catalog, interactions) from catalog columns and ``(user, item, timestamp)`` rec events."""
+    interactions = {
+        "user_id": [r[0] for r in rows],
+        "item_id": [r[1] for r in rows],
+        "timestamp": [r[2] for r in rows],
+        "scenario": ["rec"] * len(rows),
+        "query": [""] * len(rows),
+    }
+    return Dataset.from_dict(catalog, features=CATALOG_FEATURES), Dataset.from_dict(interactions, features=INTERACTION_FEATURES)

@@ -43,7 +43,7 @@ from typing import Any
 
 from datasets import Dataset
 
-from ..schema import CATALOG_FEATURES, INTERACTION_FEATURES, DataFormatError
+from ..schema import CATALOG_FEATURES, DataFormatError, rec_tables
 from .jsonl import _parse_id, _Where
 from .movielens import find_file, id_sort_key, iter_lines
 
@@ -96,17 +96,7 @@ def load_amazon_reviews(
             catalog["title"].append(title)
             catalog["text"].append(text)
             catalog["categories"].append(categories)
-    interactions = {
-        "user_id": [r[0] for r in reviews],
-        "item_id": [r[1] for r in reviews],
-        "timestamp": [r[2] for r in reviews],
-        "scenario": ["rec"] * len(reviews),
-        "query": [""] * len(reviews),
-    }
-    return (
-        Dataset.from_dict(catalog, features=CATALOG_FEATURES),
-        Dataset.from_dict(interactions, features=INTERACTION_FEATURES),
-    )
+    return rec_tables(catalog, reviews)
 
 
 def load_amazon_sequences(directory: str | os.PathLike) -> tuple[Dataset, Dataset]:
@@ -172,17 +162,7 @@ def load_amazon_sequences(directory: str | os.PathLike) -> tuple[Dataset, Datase
     if not rows:
         raise DataFormatError(str(sequences_path), None, None, "the file has no sequences")
     rows.sort(key=lambda r: (id_sort_key(r[0]), r[2]))  # stable: positions are unique within a user
-    interactions = {
-        "user_id": [r[0] for r in rows],
-        "item_id": [r[1] for r in rows],
-        "timestamp": [r[2] for r in rows],
-        "scenario": ["rec"] * len(rows),
-        "query": [""] * len(rows),
-    }
-    return (
-        Dataset.from_dict(catalog, features=CATALOG_FEATURES),
-        Dataset.from_dict(interactions, features=INTERACTION_FEATURES),
-    )
+    return rec_tables(catalog, rows)
 
 
 def read_json_objects(path: str | os.PathLike) -> Iterator[tuple[int, dict[str, Any]]]:

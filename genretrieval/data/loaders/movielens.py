@@ -43,7 +43,7 @@ from typing import IO, Any
 
 from datasets import Dataset
 
-from ..schema import CATALOG_FEATURES, INTERACTION_FEATURES, DataFormatError
+from ..schema import CATALOG_FEATURES, DataFormatError, rec_tables
 
 # Order of the genre flags in u.item (also the content of u.genre).
 ML100K_GENRES = (
@@ -123,17 +123,7 @@ def load_movielens(
         catalog["categories"].append(list(genres))
     if not rows:
         raise DataFormatError(str(ratings_path), None, "rating", f"no rating is kept (min_rating={min_rating!r})")
-    interactions = {
-        "user_id": [r[0] for r in rows],
-        "item_id": [r[1] for r in rows],
-        "timestamp": [r[2] for r in rows],
-        "scenario": ["rec"] * len(rows),
-        "query": [""] * len(rows),
-    }
-    return (
-        Dataset.from_dict(catalog, features=CATALOG_FEATURES),
-        Dataset.from_dict(interactions, features=INTERACTION_FEATURES),
-    )
+    return rec_tables(catalog, rows)
 
 
 # --------------------------------------------------------------------------- file helpers (amazon.py uses them too)
