@@ -6,7 +6,7 @@
 
 The optional first argument is a YAML config (sections: data, mixture, ids, tokenizer, model, training, eval; see
 genretrieval/training/arguments.py for every key and its default). Any key can be overridden as --section.key VALUE.
-Unknown keys are an error.
+Unknown keys are an error. Shorthands: --resume_from_checkpoint (PATH or latest), --output_dir, --seed.
 """
 
 from __future__ import annotations
@@ -19,6 +19,16 @@ from collections.abc import Sequence
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+# Flags users type most often, as in transformers' Trainer scripts.
+ALIASES = {"--resume_from_checkpoint": "--training.resume_from_checkpoint", "--output_dir": "--training.output_dir",
+           "--seed": "--training.seed"}
+
+
+def _expand_alias(arg: str) -> str:
+    key, sep, value = arg.partition("=")
+    return ALIASES.get(key, key) + sep + value
+
+
 def parse_args(argv: Sequence[str]):
     """Config path (optional, first) + ``--section.key value`` overrides → ``TrainConfig``."""
     from genretrieval.config import parse_config
@@ -29,6 +39,7 @@ def parse_args(argv: Sequence[str]):
         print(__doc__)
         raise SystemExit(0)
     config_path = argv.pop(0) if argv and not argv[0].startswith("--") else None
+    argv = [_expand_alias(a) for a in argv]
     return parse_config(TrainConfig, config_path, argv)
 
 

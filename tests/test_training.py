@@ -46,7 +46,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     first = recipe.main(common + ["--training.output_dir", str(parts), "--training.interrupt_after_steps", "5"])
     assert first == {"interrupted_at_step": 5}
     assert (parts / "checkpoints" / "checkpoint-5").is_dir()
-    res_parts = recipe.main(common + ["--training.output_dir", str(parts), "--training.resume_from_checkpoint", "latest"])
+    res_parts = recipe.main(common + ["--output_dir", str(parts), "--resume_from_checkpoint=latest"])
     a, b = load_file(str(full / "model" / "model.safetensors")), load_file(str(parts / "model" / "model.safetensors"))
     assert a.keys() == b.keys()
     for key in a:
