@@ -101,6 +101,7 @@ class GenerativeRetriever:
         self.max_history = max_history
         self.titles = dict(titles) if titles else {}
         self._trie = None
+        self._plan: dict[str, Any] | None = None
         missing = [t for t in id_scheme.new_tokens()[:1] + id_scheme.new_tokens()[-1:] if t not in tokenizer.get_vocab()]
         if missing:
             raise ValueError(f"the tokenizer lacks the item-ID tokens of the scheme (e.g. {missing[0]!r}); add them first")
@@ -110,6 +111,7 @@ class GenerativeRetriever:
         other = GenerativeRetriever(model, self.tokenizer, self.id_scheme, max_source_length=self.max_source_length,
                                     max_history=self.max_history, titles=self.titles)
         other._trie = self._trie
+        other._plan = self._plan
         return other
 
     # ---- input formatting: the single place where sources are written -----------------------------------------
@@ -162,11 +164,13 @@ class GenerativeRetriever:
         """Constrained log-probability of every item for each request ``[n, num_items]`` (catalog order).
 
         Makes the generative model a :class:`~genretrieval.baselines.base.Retriever` for the evaluation protocols.
-        One decoder step scores every atomic ID exactly; multi-token IDs would need one teacher-forced pass per item,
-        so they are ranked with :meth:`retrieve` (beam search) instead.
+        Scores are exact, the same numbers constrained beam search reports: one decoder step scores every atomic
+        ID; multi-token IDs are teacher-forced, one decoder pass per distinct ID prefix (items differing only in
+        the last code share it), so the cost grows with ``requests x items``: on large catalogs rank with
+        :meth:`retrieve` (beam search) instead.
         """
         if self.id_scheme.id_length != 1:
-            raise NotImplementedError("score() over the whole catalog needs one-token (atomic) IDs; use retrieve()")
+            return self._score_multi_token(requests, batch_size=max(1, min(batch_size, 16)))
         item_columns = self.trie.codes[:, 0]
         model = self.model
         was_training = model.training
@@ -181,6 +185,74 @@ class GenerativeRetriever:
                     start_ids = torch.full((len(chunk), 1), model.config.decoder_start_token_id, device=model.device)
                     logits = model(**enc, decoder_input_ids=start_ids).logits[:, 0, :]
                     out.append(torch.log_softmax(logits[:, item_columns.to(logits.device)].float(), dim=-1).cpu())
+        finally:
+            model.train(was_training)
+        return torch.cat(out) if out else torch.empty((0, len(self.id_scheme)))
+
+    def _score_plan(self) -> dict[str, Any]:
+        """Index tensors of the teacher-forced scorer, built once per ID scheme.
+
+        ``prefixes [U, L-1]``: distinct ID prefixes without the last code (the decoder inputs); ``item_prefix [N]``:
+        the prefix row of every item; per position ``j``: the level's distinct tokens, each item's column among them
+        and, per prefix row, the mask of children its depth-``j`` prefix allows (the constrained normaliser).
+        """
+        if getattr(self, "_plan", None) is not None:
+            return self._plan
+        codes = self.trie.codes.cpu()
+        length = codes.shape[1]
+        prefixes, item_prefix = torch.unique(codes[:, : length - 1], dim=0, return_inverse=True)
+        levels = []
+        for j in range(length):
+            tokens, item_col = torch.unique(codes[:, j], return_inverse=True)
+            # Group prefixes of depth j; a prefix row's children are the level-j tokens of items in its group.
+            _, group = torch.unique(codes[:, :j], dim=0, return_inverse=True) if j else (None, torch.zeros(
+                len(codes), dtype=torch.long))
+            num_groups = int(group.max()) + 1
+            allowed = torch.zeros(num_groups, len(tokens), dtype=torch.bool)
+            allowed[group, item_col] = True
+            prefix_group = torch.zeros(len(prefixes), dtype=torch.long)
+            prefix_group[item_prefix] = group
+            levels.append({"tokens": tokens, "item_col": item_col, "mask": allowed[prefix_group]})
+        self._plan = {"prefixes": prefixes, "item_prefix": item_prefix, "levels": levels}
+        return self._plan
+
+    def _score_multi_token(self, requests: Sequence[Any], batch_size: int, chunk_sequences: int = 2048) -> torch.Tensor:
+        plan = self._score_plan()
+        model = self.model
+        device = model.device
+        prefixes = plan["prefixes"].to(device)
+        num_prefixes = len(prefixes)
+        start_id = model.config.decoder_start_token_id
+        decoder_inputs = torch.cat([torch.full((num_prefixes, 1), start_id, device=device), prefixes], dim=1)
+        levels = [{k: v.to(device) for k, v in level.items()} for level in plan["levels"]]
+        item_prefix = plan["item_prefix"].to(device)
+        was_training = model.training
+        model.eval()
+        out = []
+        try:
+            with torch.inference_mode():
+                for start in range(0, len(requests), batch_size):
+                    chunk = [self._format_request(r) for r in requests[start : start + batch_size]]
+                    enc = self.tokenizer(chunk, max_length=self.max_source_length, truncation=True, padding=True,
+                                         return_tensors="pt").to(device)
+                    hidden = model.get_encoder()(**enc).last_hidden_state
+                    # [B, U] per position: log-prob of each level token given the prefix, constrained to the trie.
+                    per_level = [torch.empty(len(chunk), num_prefixes, len(level["tokens"]), device=device)
+                                 for level in levels]
+                    pairs = torch.cartesian_prod(torch.arange(len(chunk), device=device),
+                                                 torch.arange(num_prefixes, device=device))
+                    for s in range(0, len(pairs), chunk_sequences):
+                        b, u = pairs[s : s + chunk_sequences].unbind(1)
+                        logits = model(encoder_outputs=(hidden[b],), attention_mask=enc["attention_mask"][b],
+                                       decoder_input_ids=decoder_inputs[u]).logits
+                        for j, level in enumerate(levels):
+                            z = logits[:, j, level["tokens"]].float()
+                            z = z.masked_fill(~level["mask"][u], float("-inf"))
+                            per_level[j][b, u] = torch.log_softmax(z, dim=-1)
+                    total = torch.zeros(len(chunk), len(item_prefix), device=device)
+                    for j, level in enumerate(levels):
+                        total += per_level[j][:, item_prefix, level["item_col"]]
+                    out.append(total.cpu())
         finally:
             model.train(was_training)
         return torch.cat(out) if out else torch.empty((0, len(self.id_scheme)))

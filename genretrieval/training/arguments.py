@@ -7,6 +7,7 @@ from typing import Literal
 
 from ..data.builders import MixtureConfig, SplitConfig
 from ..data.synthetic import SyntheticConfig
+from ..ids.semantic import SemanticIdConfig
 from ..modeling.retriever import ModelConfig
 from ..tokenization import TextTokenizerConfig
 
@@ -30,11 +31,15 @@ class DataConfig:
 class IdSchemeConfig:
     """How items become tokens."""
 
-    name: Literal["atomic"] = "atomic"  # one token per item; semantic IDs arrive in a later release
+    name: Literal["atomic", "semantic"] = "atomic"  # one token per item, or learned codes (docs/semantic_ids.md)
+    path: str | None = None  # semantic: a directory from recipes/build_item_ids.py (None: learn the codes now)
+    semantic: SemanticIdConfig = field(default_factory=SemanticIdConfig)  # how codes are learned when path is None
 
     def __post_init__(self) -> None:
-        if self.name != "atomic":
-            raise ValueError(f"ids.name={self.name!r} is not available yet; use 'atomic'")
+        if self.name not in ("atomic", "semantic"):
+            raise ValueError(f"ids.name must be 'atomic' or 'semantic', got {self.name!r}")
+        if self.path is not None and self.name != "semantic":
+            raise ValueError("ids.path is only used with ids.name=semantic")
 
 
 @dataclass

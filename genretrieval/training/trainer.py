@@ -27,7 +27,7 @@ from ..config import flatten
 from ..data.builders import build_examples, mix_tasks
 from ..data.schema import TASKS
 from ..evaluation.evaluator import Request, evaluate_requests, group_requests, rank_requests, subsample
-from ..ids import AtomicIdScheme
+from ..ids import AtomicIdScheme, ItemIdScheme, load_id_scheme
 from ..fileio import atomic_write_text
 from ..modeling.retriever import GenerativeRetriever, build_model
 from .arguments import TrainConfig
@@ -52,11 +52,36 @@ def load_tables(config: TrainConfig):
     return catalog, load_interactions(config.data.interactions_path, catalog=catalog)
 
 
-def build_retriever(config: TrainConfig, catalog: Any, examples: dict[str, Any]) -> GenerativeRetriever:
+def build_id_scheme(config: TrainConfig, catalog: Any, examples: dict[str, Any], log: Any = print) -> ItemIdScheme:
+    """The item-ID scheme of ``config.ids``: atomic, a saved semantic scheme, or semantic codes learned now."""
+    if config.ids.name == "atomic":
+        return AtomicIdScheme(catalog["item_id"])
+    if config.ids.path:
+        scheme = load_id_scheme(config.ids.path)
+        missing = [i for i in catalog["item_id"] if i not in scheme]
+        if missing or len(scheme) != len(catalog):
+            raise ValueError(f"the item-ID scheme in {config.ids.path!r} ({len(scheme)} items) does not cover the "
+                             f"catalog ({len(catalog)} items; e.g. missing {missing[:3]})")
+        # Reorder to catalog order so every component agrees on positions.
+        if list(scheme.item_ids) != list(catalog["item_id"]):
+            raise ValueError(f"the item-ID scheme in {config.ids.path!r} lists the catalog in another order; "
+                             "rebuild it from the same data config")
+        return scheme
+    from ..ids.quantizers import format_diagnostics
+    from ..ids.semantic import build_semantic_ids
+
+    scheme = build_semantic_ids(catalog, examples, config.ids.semantic, progress=True)
+    log(f"semantic IDs ({config.ids.semantic.embedding} embeddings, {config.ids.semantic.quantizer}):\n"
+        + format_diagnostics(scheme.info["diagnostics"]))
+    return scheme
+
+
+def build_retriever(config: TrainConfig, catalog: Any, examples: dict[str, Any],
+                    log: Any = print) -> GenerativeRetriever:
     """Tokenizer (SentencePiece on catalog text + training queries) + ID scheme + model, fresh or pretrained."""
     from ..tokenization import add_id_tokens, build_tokenizer
 
-    scheme = AtomicIdScheme(catalog["item_id"])
+    scheme = build_id_scheme(config, catalog, examples, log)
     prefixes = ("search:", "recommend:")
     if config.model.model_name_or_path:
         from transformers import AutoTokenizer
@@ -260,7 +285,7 @@ def train(config: TrainConfig, tables: tuple[Any, Any] | None = None) -> dict[st
         log(f"  {t:9s} train {stats[t]['train']:>7d}  validation {stats[t]['validation']:>6d}  test {stats[t]['test']:>6d}")
 
     # ---- model ----
-    retriever = build_retriever(config, catalog, examples)
+    retriever = build_retriever(config, catalog, examples, log)
     n_params = sum(p.numel() for p in retriever.model.parameters())
     log(f"model: {type(retriever.model).__name__}, {n_params / 1e6:.2f}M parameters, vocabulary {len(retriever.tokenizer)}")
     collator = Seq2SeqCollator(retriever)
