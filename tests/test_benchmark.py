@@ -25,7 +25,7 @@ def test_smoke_suite_writes_results_table_and_plots_and_resumes(tmp_path):
     assert saved["environment"]["torch"] and saved["datasets"]["synthetic-tiny"]["items"] == 60
     search = saved["results"]["synthetic-tiny"]["search"]["full"]["models"]
     rec = saved["results"]["synthetic-tiny"]["recommend"]["full"]["models"]
-    assert {"Gen-S", "Gen-R+S", "Pop", "BM25", "Bi-encoder"} <= set(search)
+    assert {"Gen-S", "Gen-R+S", "Gen-R+S-SID", "Pop", "BM25", "Bi-encoder"} <= set(search)
     assert {"Gen-R", "Gen-R+S", "Pop", "SASRec", "Bi-encoder"} <= set(rec)
     assert "BM25" not in rec and "SASRec" not in search and "Gen-R" not in search
     for block in (search, rec):
@@ -33,6 +33,12 @@ def test_smoke_suite_writes_results_table_and_plots_and_resumes(tmp_path):
             assert 0.0 <= metrics["recall@10"]["mean"] <= 1.0
     sampled = saved["results"]["synthetic-tiny"]["recommend"]["sampled"]
     assert "hr@10" in sampled["models"]["SASRec"] and "p_value" in sampled["paired_tests"]["SASRec"]["ndcg@10"]
+    cold = saved["cold_start"]
+    assert cold["max_train_examples"] == 5
+    for task in ("search", "recommend"):
+        block = cold["results"]["synthetic-tiny"][task]
+        assert 0 < block["num_requests"] <= saved["datasets"]["synthetic-tiny"]["examples"][task]["test"]
+        assert 0.0 <= block["models"]["Gen-R+S"]["recall@10"]["mean"] <= 1.0
     markdown = (out / "results.md").read_text()
     assert "### synthetic-tiny · search · full protocol" in markdown and "| Gen-R+S |" in markdown
     for name in ("synthetic-tiny-search-metrics.png", "synthetic-tiny-recommend-metrics.png",
@@ -41,7 +47,7 @@ def test_smoke_suite_writes_results_table_and_plots_and_resumes(tmp_path):
     assert results["results"] == saved["results"]
     # Resume: finished runs are read back, not recomputed.
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("seed*.json")}
-    assert len(stamps) == 7
+    assert len(stamps) == 8
     _recipe().main([SMOKE, "--output_root", str(tmp_path), "--tsne", "false"])
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("seed*.json")}
 
@@ -69,3 +75,23 @@ def test_model_spec_validation():
         ModelSpec(name="x", tasks=["ranking"])
     with pytest.raises(ValueError, match="needs 'path'"):
         DatasetSpec(name="ml", source="movielens")
+
+
+def test_cold_start_cut_averages_only_the_cold_requests():
+    from genretrieval.benchmark.runner import aggregate
+    from genretrieval.benchmark.suite import DatasetSpec, ModelSpec, SuiteConfig
+
+    suite = SuiteConfig(name="t", seeds=[0, 1], datasets=[DatasetSpec(name="d", source="synthetic")],
+                        models=[ModelSpec(name="Pop", kind="baseline", baseline="popularity")], protocols=["full"])
+    def record(seed, recall):
+        per = {"recall@10": recall, "ndcg@10": [0.0] * 4, "mrr": [0.0] * 4}
+        return {"dataset": "d", "model": "Pop", "seed": seed, "metrics": {"recommend": {"full": {
+            "recall@10": sum(recall) / 4, "ndcg@10": 0.0, "mrr": 0.0}}}, "per_request": {"recommend": {"full": per}}}
+    records = [record(0, [1.0, 0.0, 0.0, 1.0]), record(1, [0.0, 0.0, 1.0, 1.0])]
+    info = {"d": {"items": 4, "users": 4, "rec_interactions": 8, "search_interactions": 0, "distinct_queries": 0}}
+    out = aggregate(suite, records, info, {"d": {"recommend": [0, 2], "search": []}})
+    block = out["cold_start"]["results"]["d"]["recommend"]
+    assert block["num_requests"] == 2
+    assert block["models"]["Pop"]["recall@10"]["per_seed"] == [0.5, 0.5]
+    assert out["results"]["d"]["recommend"]["full"]["models"]["Pop"]["recall@10"]["mean"] == 0.5
+    assert "search" not in out["cold_start"]["results"]["d"]

@@ -185,7 +185,8 @@ def run_one(spec: ModelSpec, dataset: DatasetSpec, suite: SuiteConfig, seed: int
 def _item_embeddings(retriever: Any) -> np.ndarray:
     """Input-embedding rows of the item tokens (the items' learned representations)."""
     weight = retriever.model.get_input_embeddings().weight.detach().cpu().float()
-    return weight[retriever.trie.codes[:, 0]].numpy()
+    # Multi-token (semantic) IDs: the mean of the item's code embeddings.
+    return weight[retriever.trie.codes].mean(dim=1).numpy()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -198,6 +199,7 @@ def run_suite(suite: SuiteConfig, log: Callable[[str], None] = print) -> dict[st
     out = Path(suite.output_root) / suite.name
     records: list[dict[str, Any]] = []
     dataset_info: dict[str, Any] = {}
+    cold: dict[str, dict[str, list[int]]] = {}
     total = len(suite.datasets) * len(suite.models) * len(suite.seeds)
     bar = tqdm(total=total, desc=f"suite {suite.name}", unit="run")
     for dataset in suite.datasets:
@@ -210,6 +212,10 @@ def run_suite(suite: SuiteConfig, log: Callable[[str], None] = print) -> dict[st
         dataset_info[dataset.name] = info
         requests = {t: group_requests(examples[t]["test"], _source_for, exclude_history=suite.exclude_history)
                     for t in ("search", "recommend")}
+        train_count = dict(zip(catalog["item_id"], info["popularity"]))
+        cold[dataset.name] = {t: [i for i, r in enumerate(requests[t])
+                                  if all(train_count.get(item, 0) <= suite.cold_start_max_train for item in r.relevant)]
+                              for t in requests}
         interacted: dict[str, set[str]] = {}
         for user, item in zip(interactions["user_id"], interactions["item_id"]):
             interacted.setdefault(user, set()).add(item)
@@ -232,7 +238,7 @@ def run_suite(suite: SuiteConfig, log: Callable[[str], None] = print) -> dict[st
                 records.append(json.loads(path.read_text(encoding="utf-8")))
                 bar.update(1)
     bar.close()
-    results = aggregate(suite, records, dataset_info)
+    results = aggregate(suite, records, dataset_info, cold)
     atomic_write_text(out / "results.json", json.dumps(results, indent=1))
     markdown = to_markdown(results)
     atomic_write_text(out / "results.md", markdown)
@@ -248,8 +254,13 @@ def _source_for(row: dict[str, Any]) -> str:
     return "recommend: " + " ".join(row["history"])
 
 
-def aggregate(suite: SuiteConfig, records: list[dict[str, Any]], dataset_info: dict[str, Any]) -> dict[str, Any]:
-    """Means/stds over seeds and paired tests against the reference model, per dataset × task × protocol."""
+def aggregate(suite: SuiteConfig, records: list[dict[str, Any]], dataset_info: dict[str, Any],
+              cold: dict[str, dict[str, list[int]]] | None = None) -> dict[str, Any]:
+    """Means/stds over seeds and paired tests against the reference model, per dataset × task × protocol.
+
+    ``cold[dataset][task]`` lists the test requests of the cold-start cut (relevant items with at most
+    ``suite.cold_start_max_train`` training examples); their full-protocol means go to ``results["cold_start"]``.
+    """
     from ..evaluation.significance import paired_t_test
 
     reference = suite.reference_model or next((m.name for m in suite.models if m.kind == "generative"
@@ -285,6 +296,21 @@ def aggregate(suite: SuiteConfig, records: list[dict[str, Any]], dataset_info: d
                         tests[name] = {m: paired_t_test(per_request_mean[reference][m], values[m])
                                        for m in values if m in per_request_mean[reference]}
                 table.setdefault(dataset.name, {}).setdefault(task, {})[protocol] = {"models": rows, "paired_tests": tests}
+    cold_table: dict[str, Any] = {}
+    for dataset_name, tasks in (cold or {}).items():
+        for task, index in tasks.items():
+            if not index:
+                continue
+            for model in suite.models:
+                runs = [r for r in records if r["dataset"] == dataset_name and r["model"] == model.name
+                        and "full" in r.get("per_request", {}).get(task, {})]
+                if not runs:
+                    continue
+                per_seed = {m: [float(np.mean(np.asarray(r["per_request"][task]["full"][m])[index])) for r in runs]
+                            for m in PAIRED_METRICS["full"]}
+                cold_table.setdefault(dataset_name, {}).setdefault(task, {"num_requests": len(index), "models": {}})
+                cold_table[dataset_name][task]["models"][model.name] = {
+                    m: {"mean": float(np.mean(v)), "per_seed": v} for m, v in per_seed.items()}
     return {
         "suite": suite.name,
         "protocol": {"full": f"full-catalog ranking, depth {suite.depth}", "sampled":
@@ -299,6 +325,7 @@ def aggregate(suite: SuiteConfig, records: list[dict[str, Any]], dataset_info: d
                      for n, info in dataset_info.items()},
         "models": [asdict(m) for m in suite.models],
         "results": table,
+        "cold_start": {"max_train_examples": suite.cold_start_max_train, "results": cold_table},
         "runs": [{k: v for k, v in r.items() if k not in ("per_request", "log_history")} for r in records],
         "environment": _environment(),
     }
@@ -341,6 +368,15 @@ def to_markdown(results: dict[str, Any]) -> str:
                              for m in metrics]
                     lines.append(f"| {model} | " + " | ".join(cells) + f" | {p} |")
                 lines.append("")
+        for task, block in results.get("cold_start", {}).get("results", {}).get(dataset, {}).items():
+            limit = results["cold_start"]["max_train_examples"]
+            metrics = PAIRED_METRICS["full"]
+            lines += [f"### {dataset} · {task} · cold-start cut (full protocol)", "",
+                      f"{block['num_requests']} test requests whose relevant items have at most {limit} training "
+                      "examples.", "", "| model | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+            for model, vals in block["models"].items():
+                lines.append(f"| {model} | " + " | ".join(f"{vals[m]['mean']:.4f}" for m in metrics) + " |")
+            lines.append("")
     return "\n".join(lines)
 
 

@@ -100,6 +100,7 @@ class SuiteConfig:
     reference_model: str | None = None  # paired tests compare every model with this one (default: first generative)
     output_root: str = "results"  # where <name>/ is written
     tsne: bool = True  # Spotify-style t-SNE of item embeddings of the generative models
+    cold_start_max_train: int = 5  # cold-start cut: requests whose relevant items have <= this many training examples
     generative_defaults: dict[str, Any] = field(default_factory=dict)  # overrides applied to every generative model
 
     def __post_init__(self) -> None:
