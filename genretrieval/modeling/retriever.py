@@ -7,6 +7,8 @@ Directory layout written by :meth:`GenerativeRetriever.save_pretrained`::
     id_scheme.json                                            # item ↔ token sequence
     genretrieval.json                                         # input formatting (prefixes, history cap) + version
     catalog_titles.json                                       # optional: item → title, for readable output
+    README.md                                                 # generated model card (genretrieval.hub)
+    training_config.json, eval_results.json                   # optional: training config, last test metrics
 """
 
 from __future__ import annotations
@@ -280,9 +282,24 @@ class GenerativeRetriever:
         return self.retrieve([self.format_recommend(h) for h in histories], k, exclude=exclude, **kwargs)
 
     # ---- persistence -----------------------------------------------------------------------------------------
-    def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write model (safetensors), tokenizer, ID scheme and settings; the target appears complete or not at all."""
+    def save_pretrained(self, directory: str | os.PathLike, *, training_config: Mapping[str, Any] | None = None,
+                        metrics: Mapping[str, Mapping[str, float]] | None = None, repo_id: str | None = None,
+                        card_data: Mapping[str, Any] | None = None) -> None:
+        """Write model (safetensors), tokenizer, ID scheme, settings and a model card (``README.md``).
+
+        The target appears complete or not at all. ``training_config`` (e.g. ``dataclasses.asdict(config)``) is
+        written to ``training_config.json``; ``metrics`` (task → metric → value, e.g. the test metrics) go to
+        ``eval_results.json`` and the card. Both default to what :meth:`from_pretrained` loaded, so a loaded model
+        re-saves or re-pushes with its card intact. ``repo_id`` and ``card_data`` only shape the card
+        (see :func:`genretrieval.hub.build_model_card`).
+        """
         from ..fileio import atomic_write_text
+        from ..hub import write_card_files
+
+        loaded = getattr(self, "hub_metadata", None) or {}
+        training_config = training_config if training_config is not None else loaded.get("training_config")
+        metrics = metrics if metrics is not None else loaded.get("metrics")
+        card_data = card_data if card_data is not None else loaded.get("card_data")
 
         directory = Path(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
@@ -297,6 +314,8 @@ class GenerativeRetriever:
             atomic_write_text(tmp / RETRIEVER_FILE, json.dumps(settings, indent=2))
             if self.titles:
                 atomic_write_text(tmp / TITLES_FILE, json.dumps(self.titles))
+            write_card_files(self, tmp, metrics=metrics, training_config=training_config, repo_id=repo_id,
+                             card_data=card_data)
             if directory.exists():
                 old = directory.with_name(f".{directory.name}.old")
                 shutil.rmtree(old, ignore_errors=True)
@@ -309,24 +328,69 @@ class GenerativeRetriever:
             shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, *, device: str | torch.device | None = None) -> GenerativeRetriever:
-        """Load what :meth:`save_pretrained` wrote (safetensors only; no remote code)."""
-        from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, device: str | torch.device | None = None,
+                        revision: str | None = None, token: str | bool | None = None,
+                        cache_dir: str | os.PathLike | None = None, local_files_only: bool = False) -> GenerativeRetriever:
+        """Load what :meth:`save_pretrained` wrote, from a directory or a Hub repo id (safetensors only; no remote code).
+
+        A repo id is fetched with ``huggingface_hub.snapshot_download`` (``revision``, ``token``, ``cache_dir``,
+        ``local_files_only``); with ``HF_HUB_OFFLINE=1`` it is served from the cache or fails naming the repo.
+        The trie of valid IDs is rebuilt from ``id_scheme.json``.
+        """
+        from transformers import AutoModelForSeq2SeqLM
+
+        from ..hub import resolve_pretrained
+
+        directory = resolve_pretrained(name_or_path, revision=revision, token=token, cache_dir=cache_dir,
+                                       local_files_only=local_files_only)
+        if not (directory / RETRIEVER_FILE).is_file():
+            raise FileNotFoundError(f"{str(name_or_path)!r} is not a saved GenerativeRetriever (no {RETRIEVER_FILE})")
+        model = AutoModelForSeq2SeqLM.from_pretrained(directory, use_safetensors=True, trust_remote_code=False)
+        if device is not None:
+            model.to(device)
+        model.eval()
+        return cls.from_parts(directory, model)
+
+    @classmethod
+    def from_parts(cls, directory: str | os.PathLike, model: torch.nn.Module, tokenizer: Any = None) -> GenerativeRetriever:
+        """Wrap an already loaded ``model`` (and tokenizer) with the ID scheme, settings and card of ``directory``.
+
+        ``directory`` is a local directory written by :meth:`save_pretrained`; the pipeline uses this after
+        transformers has loaded the model itself.
+        """
+        from transformers import AutoTokenizer
+
+        from ..hub import read_card_files
 
         directory = Path(directory)
         settings_path = directory / RETRIEVER_FILE
         if not settings_path.is_file():
             raise FileNotFoundError(f"{str(directory)!r} is not a saved GenerativeRetriever (no {RETRIEVER_FILE})")
         settings = json.loads(settings_path.read_text(encoding="utf-8"))
-        model = AutoModelForSeq2SeqLM.from_pretrained(directory, use_safetensors=True, trust_remote_code=False)
-        tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
+        if tokenizer is None:
+            tokenizer = AutoTokenizer.from_pretrained(directory, trust_remote_code=False)
         titles_path = directory / TITLES_FILE
         titles = json.loads(titles_path.read_text(encoding="utf-8")) if titles_path.is_file() else None
-        if device is not None:
-            model.to(device)
-        model.eval()
-        return cls(model, tokenizer, load_id_scheme(directory), max_source_length=settings["max_source_length"],
-                   max_history=settings["max_history"], titles=titles)
+        retriever = cls(model, tokenizer, load_id_scheme(directory), max_source_length=settings["max_source_length"],
+                        max_history=settings["max_history"], titles=titles)
+        # Kept so that save_pretrained/push_to_hub of a loaded model carry its training config, metrics and card.
+        retriever.hub_metadata = read_card_files(directory)
+        return retriever
+
+    def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | bool | None = None,
+                    commit_message: str | None = None, revision: str | None = None,
+                    training_config: Mapping[str, Any] | None = None,
+                    metrics: Mapping[str, Mapping[str, float]] | None = None,
+                    card_data: Mapping[str, Any] | None = None) -> Any:
+        """Upload everything needed to serve (model, tokenizer, ID scheme, config, model card) as one Hub commit.
+
+        Creates ``repo_id`` if needed (``private`` applies then), commits to ``revision`` (a branch, created if
+        missing) and returns the ``CommitInfo``. Metadata arguments default to those loaded by :meth:`from_pretrained`.
+        """
+        from ..hub import push_to_hub
+
+        return push_to_hub(self, repo_id, private=private, token=token, commit_message=commit_message,
+                           revision=revision, metrics=metrics, training_config=training_config, card_data=card_data)
 
     def title(self, item_id: str) -> str:
         """Human-readable title of an item (falls back to its id)."""

@@ -108,6 +108,52 @@ class TrainingArguments:
             raise ValueError(f"training.warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
 
 
+PEFT_METHODS = ("none", "lora", "dora", "loha", "lokr", "ia3")
+TOKEN_TRAINING_METHODS = ("lora", "dora")  # PEFT trains selected token rows only alongside LoRA-type adapters
+
+
+@dataclass
+class PeftSettings:
+    """Parameter-efficient fine-tuning of a pretrained or trained model (genretrieval/modeling/adapters.py).
+
+    With a method other than ``none`` the base weights stay frozen; only the adapter (and, with
+    ``train_new_tokens``, the embedding rows of the item-ID tokens and task prefixes) is trained. The run then saves
+    the adapter to ``output_dir/adapter`` and the merged model to ``output_dir/model``.
+    """
+
+    method: Literal["none", "lora", "dora", "loha", "lokr", "ia3"] = "none"  # none = train every weight
+    r: int = 8  # rank of the low-rank update (lora, dora, loha, lokr; unused by ia3)
+    alpha: int = 16  # scaling numerator: the update is multiplied by alpha / r (unused by ia3)
+    dropout: float = 0.05  # dropout on the adapter path (lora, dora; rank dropout for loha, lokr; unused by ia3)
+    target_modules: list[str] = field(default_factory=lambda: ["q", "v"])  # layer names; T5: q k v o wi wo lm_head
+    train_new_tokens: bool = True  # also train the ID-token and task-prefix embedding rows (lora, dora only)
+
+    def __post_init__(self) -> None:
+        if self.method not in PEFT_METHODS:
+            raise ValueError(f"peft.method must be one of {list(PEFT_METHODS)}, got {self.method!r}")
+        if isinstance(self.r, bool) or not isinstance(self.r, int) or self.r < 1:
+            raise ValueError(f"peft.r must be an integer >= 1, got {self.r!r}")
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, int) or self.alpha < 1:
+            raise ValueError(f"peft.alpha must be an integer >= 1, got {self.alpha!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"peft.dropout must be in [0, 1), got {self.dropout!r}")
+        if isinstance(self.target_modules, str) or not self.target_modules:
+            raise ValueError(f"peft.target_modules must be a non-empty list of layer names, got {self.target_modules!r}")
+        bad = [m for m in self.target_modules if not isinstance(m, str) or not m.strip()]
+        if bad:
+            raise ValueError(f"peft.target_modules: layer names must be non-empty strings, got {bad!r}")
+        if len(set(self.target_modules)) != len(self.target_modules):
+            raise ValueError(f"peft.target_modules has duplicates: {self.target_modules!r}")
+        if self.method != "none" and self.train_new_tokens and self.method not in TOKEN_TRAINING_METHODS:
+            raise ValueError(f"peft.train_new_tokens needs peft.method in {list(TOKEN_TRAINING_METHODS)} (PEFT "
+                             f"cannot train single token rows next to {self.method}); set peft.train_new_tokens: false")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether an adapter is trained instead of the whole model."""
+        return self.method != "none"
+
+
 @dataclass
 class TrainConfig:
     """Everything ``recipes/train.py`` needs; each field is one YAML section."""
@@ -119,3 +165,9 @@ class TrainConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     training: TrainingArguments = field(default_factory=TrainingArguments)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    peft: PeftSettings = field(default_factory=PeftSettings)  # LoRA & co. on model.model_name_or_path
+
+    def __post_init__(self) -> None:
+        if self.peft.enabled and not self.model.model_name_or_path:
+            raise ValueError(f"peft.method={self.peft.method} fine-tunes an existing model: set model.model_name_or_path "
+                             "to a trained retriever directory (e.g. runs/gen_rs/model) or a pretrained T5")

@@ -8,6 +8,7 @@ and ``save_state`` stores weights, optimizer, scheduler and RNG states next to a
 from __future__ import annotations
 
 import json
+import gc
 import logging
 import math
 import os
@@ -28,6 +29,7 @@ from ..data.builders import build_examples, mix_tasks
 from ..data.schema import TASKS
 from ..evaluation.evaluator import Request, evaluate_requests, group_requests, rank_requests, subsample
 from ..ids import AtomicIdScheme, ItemIdScheme, load_id_scheme
+from ..ids.base import ID_SCHEME_FILE
 from ..fileio import atomic_write_text
 from ..modeling.retriever import GenerativeRetriever, build_model
 from .arguments import TrainConfig
@@ -53,18 +55,26 @@ def load_tables(config: TrainConfig):
 
 
 def build_id_scheme(config: TrainConfig, catalog: Any, examples: dict[str, Any], log: Any = print) -> ItemIdScheme:
-    """The item-ID scheme of ``config.ids``: atomic, a saved semantic scheme, or semantic codes learned now."""
-    if config.ids.name == "atomic":
+    """The item-ID scheme: that of the trained retriever in ``model.model_name_or_path`` if it has one (its ID tokens
+    are what the model learned), else the one of ``config.ids``: atomic, a saved semantic scheme, or codes learned now."""
+    model_dir, path = config.model.model_name_or_path, config.ids.path
+    if model_dir and (Path(model_dir) / ID_SCHEME_FILE).is_file():
+        if path and load_id_scheme(path) != load_id_scheme(model_dir):
+            raise ValueError(f"ids.path {path!r} is not the item-ID scheme of the model in {model_dir!r}; "
+                             "drop ids.path to reuse the model's scheme")
+        log(f"item IDs: reusing the scheme of {model_dir} (ids.name/ids.path are ignored)")
+        path = model_dir
+    elif config.ids.name == "atomic":
         return AtomicIdScheme(catalog["item_id"])
-    if config.ids.path:
-        scheme = load_id_scheme(config.ids.path)
+    if path:
+        scheme = load_id_scheme(path)
         missing = [i for i in catalog["item_id"] if i not in scheme]
         if missing or len(scheme) != len(catalog):
-            raise ValueError(f"the item-ID scheme in {config.ids.path!r} ({len(scheme)} items) does not cover the "
+            raise ValueError(f"the item-ID scheme in {path!r} ({len(scheme)} items) does not cover the "
                              f"catalog ({len(catalog)} items; e.g. missing {missing[:3]})")
         # Reorder to catalog order so every component agrees on positions.
         if list(scheme.item_ids) != list(catalog["item_id"]):
-            raise ValueError(f"the item-ID scheme in {config.ids.path!r} lists the catalog in another order; "
+            raise ValueError(f"the item-ID scheme in {path!r} lists the catalog in another order; "
                              "rebuild it from the same data config")
         return scheme
     from ..ids.quantizers import format_diagnostics
@@ -288,13 +298,16 @@ def train(config: TrainConfig, tables: tuple[Any, Any] | None = None) -> dict[st
     retriever = build_retriever(config, catalog, examples, log)
     n_params = sum(p.numel() for p in retriever.model.parameters())
     log(f"model: {type(retriever.model).__name__}, {n_params / 1e6:.2f}M parameters, vocabulary {len(retriever.tokenizer)}")
+    if config.peft.enabled:
+        retriever = _apply_adapter(config, retriever, log)
     collator = Seq2SeqCollator(retriever)
     sampler = EpochPermutationSampler(len(train_set), args.seed)
     # An explicit generator keeps DataLoader from drawing its base seed from the global RNG, which would make a
     # resumed run's dropout masks differ from an uninterrupted one.
     loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, collate_fn=collator,
                         num_workers=args.dataloader_num_workers, generator=torch.Generator().manual_seed(args.seed))
-    optimizer = torch.optim.AdamW(retriever.model.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    trainable = [p for p in retriever.model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.weight_decay)
     batches_per_epoch = math.ceil(len(loader) / accelerator.num_processes) if accelerator.num_processes > 1 else len(loader)
     steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
     total_steps = args.max_steps or steps_per_epoch * args.num_epochs
@@ -348,7 +361,7 @@ def train(config: TrainConfig, tables: tuple[Any, Any] | None = None) -> dict[st
         if improved:
             state.best_metric, state.best_step, state.bad_evals = score, state.global_step, 0
             if accelerator.is_main_process:
-                _save_retriever(accelerator, retriever, output_dir / "best")
+                _save_best(accelerator, retriever, output_dir / "best")
         else:
             state.bad_evals += 1
         accelerator.wait_for_everyone()
@@ -390,6 +403,9 @@ def train(config: TrainConfig, tables: tuple[Any, Any] | None = None) -> dict[st
             pbar.update(1)
             if state.global_step % args.logging_steps == 0 or state.global_step == total_steps:
                 elapsed = max(time.time() - window_start, 1e-9)
+                if accelerator.num_processes > 1:
+                    # Every rank reaches this line at the same step: one collective per log, not per step.
+                    window_loss = accelerator.reduce(torch.tensor(window_loss, device=accelerator.device), "mean").item()
                 mean_loss = window_loss / max(1, args.logging_steps * args.gradient_accumulation_steps)
                 rate = window_examples / elapsed
                 pbar.set_postfix(loss=f"{mean_loss:.3f}", ex_per_s=f"{rate:.0f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
@@ -422,13 +438,14 @@ def train(config: TrainConfig, tables: tuple[Any, Any] | None = None) -> dict[st
     # ---- final: best model → test ----
     best_dir = output_dir / "best"
     if best_dir.is_dir():
-        from safetensors.torch import load_file
-
-        accelerator.unwrap_model(model).load_state_dict(load_file(str(best_dir / "model.safetensors")), strict=False)
-    if accelerator.is_main_process:
-        _save_retriever(accelerator, retriever, output_dir / "model")
+        _restore_best(accelerator.unwrap_model(model), best_dir)
+    model = _merge_adapter_before_saving(accelerator, retriever, model, output_dir)
     test_requests = _validation_requests(retriever, examples, tasks, "test", config, None)
     test_metrics = _evaluate(retriever, test_requests, config, accelerator, progress=accelerator.is_main_process)
+    if accelerator.is_main_process:
+        # Saved after the test run so the model card and training_config.json describe this exact model.
+        _save_retriever(accelerator, retriever, output_dir / "model", training_config=asdict(config),
+                        metrics=test_metrics)
     result = {
         "tasks": tasks,
         "test": test_metrics,
@@ -450,18 +467,76 @@ def train(config: TrainConfig, tables: tuple[Any, Any] | None = None) -> dict[st
             f"history items {'masked' if config.eval.exclude_history_items else 'not masked'})")
         show_examples(retriever.with_model(accelerator.unwrap_model(model)), test_requests, config.eval.num_examples_to_show, log)
         log(f"model saved to {output_dir / 'model'}; metrics in {output_dir / 'metrics.json'}")
+    accelerator.wait_for_everyone()
+    if accelerator.num_processes > 1:
+        # Freeing the DDP wrapper while a gloo all-gather is still being torn down can deadlock at exit (gloo's
+        # worker thread waits for the GIL the destructor holds): drop it explicitly while every rank is in sync.
+        del model
+        accelerator.free_memory()
+        gc.collect()
     accelerator.end_training()
     return result
 
 
-def _save_retriever(accelerator, retriever: GenerativeRetriever, directory: Path) -> None:
+def _apply_adapter(config: TrainConfig, retriever: GenerativeRetriever, log: Any) -> GenerativeRetriever:
+    from ..modeling.adapters import apply_adapter, count_parameters
+
+    retriever = apply_adapter(retriever, config.peft)
+    trainable, total = count_parameters(retriever.model)
+    log(f"adapter: {config.peft.method} (r={config.peft.r}) on {config.peft.target_modules}"
+        f"{', with trainable ID-token rows' if config.peft.train_new_tokens else ''}: "
+        f"{trainable:,} trainable of {total:,} parameters")
+    return retriever
+
+
+def _save_best(accelerator, retriever: GenerativeRetriever, directory: Path) -> None:
+    from ..modeling.adapters import is_adapted, save_adapter
+
+    model = accelerator.unwrap_model(retriever.model)
+    if is_adapted(model):
+        # The frozen base is already on disk (model.model_name_or_path): the adapter alone is the best state.
+        save_adapter(retriever.with_model(model), directory)
+    else:
+        _save_retriever(accelerator, retriever, directory)
+
+
+def _restore_best(model: torch.nn.Module, best_dir: Path) -> None:
+    from safetensors.torch import load_file
+
+    from ..modeling.adapters import is_adapted
+
+    if is_adapted(model):
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(model, load_file(str(best_dir / "adapter_model.safetensors")))
+    else:
+        model.load_state_dict(load_file(str(best_dir / "model.safetensors")), strict=False)
+
+
+def _merge_adapter_before_saving(accelerator, retriever: GenerativeRetriever, model: Any, output_dir: Path) -> Any:
+    """With an adapter: save it to ``output_dir/adapter``, then merge it so ``output_dir/model`` is a plain retriever."""
+    from ..modeling.adapters import is_adapted, merge_adapter, save_adapter
+
+    unwrapped = accelerator.unwrap_model(model)
+    if not is_adapted(unwrapped):
+        return model
+    if accelerator.is_main_process:
+        save_adapter(retriever.with_model(unwrapped), output_dir / "adapter")
+    accelerator.wait_for_everyone()
+    # Every process merges (deterministically) so the test evaluation runs the same model everywhere.
+    retriever.model = unwrapped
+    merge_adapter(retriever)
+    return retriever.model
+
+
+def _save_retriever(accelerator, retriever: GenerativeRetriever, directory: Path, **metadata: Any) -> None:
     from transformers.utils import logging as hf_logging
 
     # One-file tiny models: the "Writing model shards" bar would only break our own progress bar.
     enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-            retriever.with_model(accelerator.unwrap_model(retriever.model)).save_pretrained(directory)
+            retriever.with_model(accelerator.unwrap_model(retriever.model)).save_pretrained(directory, **metadata)
     finally:
         if enabled:
             hf_logging.enable_progress_bar()
