@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from ..config import ConfigError
-from ..fileio import atomic_write_text
+from ..fileio import atomic_write_text, replace_dir
 from ..ids import load_id_scheme
 from .retriever import RECOMMEND_PREFIX, RETRIEVER_FILE, SEARCH_PREFIX, TITLES_FILE, GenerativeRetriever
 
@@ -155,7 +155,7 @@ def save_adapter(retriever: GenerativeRetriever, directory: str | os.PathLike) -
         atomic_write_text(tmp / ADAPTER_FILE, json.dumps(info, indent=2))
         if retriever.titles:
             atomic_write_text(tmp / TITLES_FILE, json.dumps(retriever.titles))
-        _replace_dir(tmp, directory)
+        replace_dir(tmp, directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -272,14 +272,3 @@ def _unwrap(model: Any) -> Any:
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         return model.module
     return model
-
-
-def _replace_dir(tmp: Path, directory: Path) -> None:
-    if directory.exists():
-        old = directory.with_name(f".{directory.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(directory, old)
-        os.replace(tmp, directory)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, directory)

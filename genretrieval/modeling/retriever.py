@@ -17,7 +17,8 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,18 @@ def build_model(config: ModelConfig, tokenizer: Any) -> torch.nn.Module:
         tie_word_embeddings=True,
     )
     return T5ForConditionalGeneration(t5_config)
+
+
+@contextmanager
+def _inference(model: torch.nn.Module) -> Iterator[None]:
+    """Eval mode + no autograd for the duration; the model's training flag is restored afterwards."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
 
 
 class GenerativeRetriever:
@@ -175,21 +188,21 @@ class GenerativeRetriever:
             return self._score_multi_token(requests, batch_size=max(1, min(batch_size, 16)))
         item_columns = self.trie.codes[:, 0]
         model = self.model
-        was_training = model.training
-        model.eval()
         out = []
-        try:
-            with torch.inference_mode():
-                for start in range(0, len(requests), batch_size):
-                    chunk = [self._format_request(r) for r in requests[start : start + batch_size]]
-                    enc = self.tokenizer(chunk, max_length=self.max_source_length, truncation=True, padding=True,
-                                         return_tensors="pt").to(model.device)
-                    start_ids = torch.full((len(chunk), 1), model.config.decoder_start_token_id, device=model.device)
-                    logits = model(**enc, decoder_input_ids=start_ids).logits[:, 0, :]
-                    out.append(torch.log_softmax(logits[:, item_columns.to(logits.device)].float(), dim=-1).cpu())
-        finally:
-            model.train(was_training)
+        with _inference(model):
+            for enc in self._encoded_batches(requests, batch_size):
+                start_ids = torch.full((len(enc["input_ids"]), 1), model.config.decoder_start_token_id,
+                                       device=model.device)
+                logits = model(**enc, decoder_input_ids=start_ids).logits[:, 0, :]
+                out.append(torch.log_softmax(logits[:, item_columns.to(logits.device)].float(), dim=-1).cpu())
         return torch.cat(out) if out else torch.empty((0, len(self.id_scheme)))
+
+    def _encoded_batches(self, requests: Sequence[Any], batch_size: int):
+        """Tokenised model inputs of ``requests``, ``batch_size`` at a time, on the model's device."""
+        for start in range(0, len(requests), batch_size):
+            chunk = [self._format_request(r) for r in requests[start : start + batch_size]]
+            yield self.tokenizer(chunk, max_length=self.max_source_length, truncation=True, padding=True,
+                                 return_tensors="pt").to(self.model.device)
 
     def _score_plan(self) -> dict[str, Any]:
         """Index tensors of the teacher-forced scorer, built once per ID scheme.
@@ -228,35 +241,28 @@ class GenerativeRetriever:
         decoder_inputs = torch.cat([torch.full((num_prefixes, 1), start_id, device=device), prefixes], dim=1)
         levels = [{k: v.to(device) for k, v in level.items()} for level in plan["levels"]]
         item_prefix = plan["item_prefix"].to(device)
-        was_training = model.training
-        model.eval()
         out = []
-        try:
-            with torch.inference_mode():
-                for start in range(0, len(requests), batch_size):
-                    chunk = [self._format_request(r) for r in requests[start : start + batch_size]]
-                    enc = self.tokenizer(chunk, max_length=self.max_source_length, truncation=True, padding=True,
-                                         return_tensors="pt").to(device)
-                    hidden = model.get_encoder()(**enc).last_hidden_state
-                    # [B, U] per position: log-prob of each level token given the prefix, constrained to the trie.
-                    per_level = [torch.empty(len(chunk), num_prefixes, len(level["tokens"]), device=device)
-                                 for level in levels]
-                    pairs = torch.cartesian_prod(torch.arange(len(chunk), device=device),
-                                                 torch.arange(num_prefixes, device=device))
-                    for s in range(0, len(pairs), chunk_sequences):
-                        b, u = pairs[s : s + chunk_sequences].unbind(1)
-                        logits = model(encoder_outputs=(hidden[b],), attention_mask=enc["attention_mask"][b],
-                                       decoder_input_ids=decoder_inputs[u]).logits
-                        for j, level in enumerate(levels):
-                            z = logits[:, j, level["tokens"]].float()
-                            z = z.masked_fill(~level["mask"][u], float("-inf"))
-                            per_level[j][b, u] = torch.log_softmax(z, dim=-1)
-                    total = torch.zeros(len(chunk), len(item_prefix), device=device)
+        with _inference(model):
+            for enc in self._encoded_batches(requests, batch_size):
+                n = len(enc["input_ids"])
+                hidden = model.get_encoder()(**enc).last_hidden_state
+                # [B, U] per position: log-prob of each level token given the prefix, constrained to the trie.
+                per_level = [torch.empty(n, num_prefixes, len(level["tokens"]), device=device)
+                             for level in levels]
+                pairs = torch.cartesian_prod(torch.arange(n, device=device),
+                                             torch.arange(num_prefixes, device=device))
+                for s in range(0, len(pairs), chunk_sequences):
+                    b, u = pairs[s : s + chunk_sequences].unbind(1)
+                    logits = model(encoder_outputs=(hidden[b],), attention_mask=enc["attention_mask"][b],
+                                   decoder_input_ids=decoder_inputs[u]).logits
                     for j, level in enumerate(levels):
-                        total += per_level[j][:, item_prefix, level["item_col"]]
-                    out.append(total.cpu())
-        finally:
-            model.train(was_training)
+                        z = logits[:, j, level["tokens"]].float()
+                        z = z.masked_fill(~level["mask"][u], float("-inf"))
+                        per_level[j][b, u] = torch.log_softmax(z, dim=-1)
+                total = torch.zeros(n, len(item_prefix), device=device)
+                for j, level in enumerate(levels):
+                    total += per_level[j][:, item_prefix, level["item_col"]]
+                out.append(total.cpu())
         return torch.cat(out) if out else torch.empty((0, len(self.id_scheme)))
 
     def _format_request(self, request: Any) -> str:
@@ -293,7 +299,7 @@ class GenerativeRetriever:
         re-saves or re-pushes with its card intact. ``repo_id`` and ``card_data`` only shape the card
         (see :func:`genretrieval.hub.build_model_card`).
         """
-        from ..fileio import atomic_write_text
+        from ..fileio import atomic_write_text, replace_dir
         from ..hub import write_card_files
 
         loaded = getattr(self, "hub_metadata", None) or {}
@@ -316,14 +322,7 @@ class GenerativeRetriever:
                 atomic_write_text(tmp / TITLES_FILE, json.dumps(self.titles))
             write_card_files(self, tmp, metrics=metrics, training_config=training_config, repo_id=repo_id,
                              card_data=card_data)
-            if directory.exists():
-                old = directory.with_name(f".{directory.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(directory, old)
-                os.replace(tmp, directory)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(tmp, directory)
+            replace_dir(tmp, directory)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
