@@ -72,7 +72,7 @@ def build_id_scheme(config: TrainConfig, catalog: Any, examples: dict[str, Any],
         if missing or len(scheme) != len(catalog):
             raise ValueError(f"the item-ID scheme in {path!r} ({len(scheme)} items) does not cover the "
                              f"catalog ({len(catalog)} items; e.g. missing {missing[:3]})")
-        # Reorder to catalog order so every component agrees on positions.
+        # Positions must match the catalog: the trie, score() columns and the dataset all index items by position.
         if list(scheme.item_ids) != list(catalog["item_id"]):
             raise ValueError(f"the item-ID scheme in {path!r} lists the catalog in another order; "
                              "rebuild it from the same data config")
