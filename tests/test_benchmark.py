@@ -50,6 +50,13 @@ def test_smoke_suite_writes_results_table_and_plots_and_resumes(tmp_path):
     assert len(stamps) == 8
     _recipe().main([SMOKE, "--output_root", str(tmp_path), "--tsne", "false"])
     assert stamps == {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("seed*.json")}
+    # `only` adds a seed to one model; the other models' finished runs are still reported.
+    again = _recipe().main([SMOKE, "--output_root", str(tmp_path), "--tsne", "false", "--seeds", "[0, 1]",
+                            "--only", "[Pop]"])
+    added = set((out / "runs").rglob("seed*.json")) - set(stamps)
+    assert [p.relative_to(out / "runs").as_posix() for p in added] == ["synthetic-tiny/Pop/seed1.json"]
+    models = again["results"]["synthetic-tiny"]["search"]["full"]["models"]
+    assert len(models["Pop"]["recall@10"]["per_seed"]) == 2 and len(models["Gen-S"]["recall@10"]["per_seed"]) == 1
 
 
 @pytest.mark.parametrize(
@@ -58,6 +65,7 @@ def test_smoke_suite_writes_results_table_and_plots_and_resumes(tmp_path):
         (["--seeds", "[]"], "at least one seed"),
         (["--reference_model", "Nope"], "reference_model 'Nope'"),
         (["--modelz", "[]"], "unknown config key 'modelz'"),
+        (["--only", "[Nope]"], "not in the suite: ['Nope']"),
     ],
 )
 def test_bad_suite_configs_fail_with_a_message(override, message, tmp_path, capsys):

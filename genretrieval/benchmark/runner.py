@@ -204,7 +204,8 @@ def run_suite(suite: SuiteConfig, log: Callable[[str], None] = print) -> dict[st
     bar = tqdm(total=total, desc=f"suite {suite.name}", unit="run")
     for dataset in suite.datasets:
         pending = [(m, s) for m in suite.models for s in suite.seeds
-                   if not (out / "runs" / dataset.name / m.slug / f"seed{s}.json").is_file()]
+                   if not (out / "runs" / dataset.name / m.slug / f"seed{s}.json").is_file()
+                   and (not suite.only or m.name in suite.only)]
         catalog, interactions, info = load_dataset(dataset)
         examples = build_examples(catalog, interactions, dataset.split)
         info["examples"] = {t: {s: len(examples[t][s]) for s in examples[t]} for t in examples}
@@ -235,7 +236,8 @@ def run_suite(suite: SuiteConfig, log: Callable[[str], None] = print) -> dict[st
                     summary = ", ".join(f"{t} {MAIN_METRIC['full']}={m['full'][MAIN_METRIC['full']]:.4f}"
                                         for t, m in record["metrics"].items() if "full" in m)
                     bar.write(f"[{dataset.name}] {model.name} seed {seed}: {summary} ({record['fit_seconds']} s)")
-                records.append(json.loads(path.read_text(encoding="utf-8")))
+                if path.is_file():  # absent only for runs that `only` skipped
+                    records.append(json.loads(path.read_text(encoding="utf-8")))
                 bar.update(1)
     bar.close()
     results = aggregate(suite, records, dataset_info, cold)

@@ -102,6 +102,9 @@ class SuiteConfig:
     tsne: bool = True  # Spotify-style t-SNE of item embeddings of the generative models
     cold_start_max_train: int = 5  # cold-start cut: requests whose relevant items have <= this many training examples
     generative_defaults: dict[str, Any] = field(default_factory=dict)  # overrides applied to every generative model
+    # Run only these models now (e.g. --only "[Gen-R]" to add a seed to one model on a time box); finished runs of
+    # the others are still read and reported. Empty = run everything.
+    only: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -114,5 +117,8 @@ class SuiteConfig:
                 raise ValueError(f"duplicate {what} names: {sorted(dup)}")
         if self.reference_model and self.reference_model not in [m.name for m in self.models]:
             raise ValueError(f"reference_model {self.reference_model!r} is not one of the suite's models")
+        unknown = sorted(set(self.only) - {m.name for m in self.models})
+        if unknown:
+            raise ValueError(f"only names models that are not in the suite: {unknown}")
         if self.depth < max(self.ks):
             raise ValueError(f"depth ({self.depth}) must be at least the largest cut-off ({max(self.ks)})")
