@@ -8,12 +8,17 @@ from .base import Retriever, get_baseline_class, register_baseline, registered_b
 from .biencoder import BiEncoder, BiEncoderConfig
 from .bm25 import BM25, BM25Config
 from .popularity import Popularity, PopularityConfig, QueryPopularity, QueryPopularityConfig
+from .heads import HeadBaseline, HeadBaselineConfig, register_head_baselines
 from .sasrec import SASRec, SASRecConfig
+
+register_head_baselines()  # one baseline per registered head: jsr, unified-ssr, sesrec
 
 __all__ = [
     "BM25",
     "BiEncoder",
     "BiEncoderConfig",
+    "HeadBaseline",
+    "HeadBaselineConfig",
     "BM25Config",
     "Popularity",
     "PopularityConfig",

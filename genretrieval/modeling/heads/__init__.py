@@ -4,6 +4,7 @@ from .base import (
     Head,
     HeadBatch,
     HeadConfig,
+    HeadDataConfig,
     HeadOutput,
     OwnEmbeddings,
     SharedEmbeddings,
@@ -13,5 +14,5 @@ from .base import (
     registered_heads,
 )
 
-__all__ = ["Head", "HeadBatch", "HeadConfig", "HeadOutput", "OwnEmbeddings", "SharedEmbeddings", "build_head",
+__all__ = ["Head", "HeadBatch", "HeadConfig", "HeadDataConfig", "HeadOutput", "OwnEmbeddings", "SharedEmbeddings", "build_head",
            "get_head_class", "register_head", "registered_heads"]

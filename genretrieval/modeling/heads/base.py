@@ -52,6 +52,22 @@ class HeadConfig:
 
 
 @dataclass
+class HeadDataConfig:
+    """Sizes of the sequences a :class:`HeadBatchBuilder` produces."""
+
+    max_history: int = 20  # rec items kept (most recent last)
+    max_searches: int = 10  # earlier searches kept (most recent last)
+    max_query_len: int = 12  # terms per query
+    max_item_text_len: int = 32  # terms per item text
+
+    def __post_init__(self) -> None:
+        for name in ("max_history", "max_searches", "max_query_len", "max_item_text_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"HeadDataConfig.{name} must be an integer >= 1, got {value!r}")
+
+
+@dataclass
 class HeadBatch:
     """One batch of requests for a head. ``B`` rows; see the module docstring for the padding conventions."""
 
