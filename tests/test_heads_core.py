@@ -197,3 +197,44 @@ def test_random_batch_factory_is_well_formed():
     assert batch.candidates().shape == (6, 3)
     assert ((batch.history >= -1) & (batch.history < 30)).all()
     assert (batch.query[~batch.is_search] == 0).all()
+
+
+def _smoke_retriever():
+    from genretrieval.config import build_dataclass, load_yaml
+    from genretrieval.data import build_examples
+    from genretrieval.training import TrainConfig
+    from genretrieval.training.trainer import build_retriever, load_tables
+
+    config = build_dataclass(TrainConfig, load_yaml("recipes/configs/smoke.yaml"))
+    catalog, interactions = load_tables(config)
+    examples = build_examples(catalog, interactions, config.data.split)
+    torch.manual_seed(0)
+    return build_retriever(config, catalog, examples, log=lambda *a: None), catalog, examples
+
+
+def test_auxiliary_heads_add_weighted_losses_train_shared_rows_and_save_with_the_retriever(dot_head, tmp_path):
+    from genretrieval.modeling import GenerativeRetriever
+    from genretrieval.modeling.heads.auxiliary import AuxiliaryHeads, HeadSpec
+
+    retriever, catalog, examples = _smoke_retriever()
+    train = {t: examples[t]["train"] for t in examples}
+    aux = AuxiliaryHeads([HeadSpec("dot-test", weight=0.5)], retriever, catalog, train)
+    rows = train["recommend"].to_list()[:8] + train["search"].to_list()[:8]
+    total, logs = aux(rows, torch.Generator().manual_seed(0))
+    assert total.item() == pytest.approx(0.5 * logs["dot-test/loss"].item())
+    total.backward()
+    shared = retriever.model.get_input_embeddings().weight
+    targets = retriever.tokenizer.convert_tokens_to_ids([retriever.id_scheme.encode(r["target_item"])[0] for r in rows])
+    assert all(shared.grad[t].abs().sum() > 0 for t in targets)
+    assert aux.heads["dot-test"].users.weight.grad is not None
+    retriever.heads = aux
+    retriever.save_pretrained(tmp_path / "m")
+    loaded = GenerativeRetriever.from_pretrained(tmp_path / "m")
+    modules, meta = loaded.saved_heads
+    assert meta["heads"][0]["weight"] == 0.5 and meta["users"] == aux.builder.user_index
+    assert torch.equal(modules["dot-test"].users.weight, aux.heads["dot-test"].users.weight)
+    assert GenerativeRetriever.from_pretrained(tmp_path / "m").saved_heads is not None
+    with pytest.raises(ValueError, match="unknown head"):
+        HeadSpec("nope")
+    with pytest.raises(ValueError, match="weight must be"):
+        HeadSpec("dot-test", weight=-1)

@@ -117,6 +117,8 @@ class GenerativeRetriever:
         self.titles = dict(titles) if titles else {}
         self._trie = None
         self._plan: dict[str, Any] | None = None
+        self.heads: Any = None  # AuxiliaryHeads attached for training (saved as heads.json + heads.safetensors)
+        self.saved_heads: Any = None  # (ModuleDict, heads.json) of the heads found by from_pretrained, if any
         missing = [t for t in id_scheme.new_tokens()[:1] + id_scheme.new_tokens()[-1:] if t not in tokenizer.get_vocab()]
         if missing:
             raise ValueError(f"the tokenizer lacks the item-ID tokens of the scheme (e.g. {missing[0]!r}); add them first")
@@ -127,6 +129,7 @@ class GenerativeRetriever:
                                     max_history=self.max_history, titles=self.titles)
         other._trie = self._trie
         other._plan = self._plan
+        other.heads, other.saved_heads = self.heads, self.saved_heads
         return other
 
     # ---- input formatting: the single place where sources are written -----------------------------------------
@@ -322,6 +325,8 @@ class GenerativeRetriever:
                 atomic_write_text(tmp / TITLES_FILE, json.dumps(self.titles))
             write_card_files(self, tmp, metrics=metrics, training_config=training_config, repo_id=repo_id,
                              card_data=card_data)
+            if self.heads is not None:  # auxiliary JSR/UnifiedSSR/SESRec heads trained beside the model
+                self.heads.save(tmp)
             replace_dir(tmp, directory)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -374,6 +379,9 @@ class GenerativeRetriever:
                         max_history=settings["max_history"], titles=titles)
         # Kept so that save_pretrained/push_to_hub of a loaded model carry its training config, metrics and card.
         retriever.hub_metadata = read_card_files(directory)
+        from .heads.auxiliary import load_heads
+
+        retriever.saved_heads = load_heads(directory)
         return retriever
 
     def push_to_hub(self, repo_id: str, *, private: bool | None = None, token: str | bool | None = None,
