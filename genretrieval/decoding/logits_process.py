@@ -1,8 +1,11 @@
 """Trie-constrained decoding as a vectorised ``LogitsProcessor`` (plus the per-beam callback it replaces).
 
 The processor keeps no state between steps: every call re-derives each row's trie node from the decoder ids it is
-given. Beam search reorders, duplicates and drops rows between steps, so anything cached per row would go stale;
-re-walking costs at most ``id_length`` batched ``searchsorted`` calls per step.
+given. Beam search reorders, duplicates and drops rows between steps, so anything cached per row would go stale
+(matching rows to the previous call's would cost more than the lookup). With the compiled trie the lookup is O(1)
+per step anyway: one gather for the dense top levels and one ``searchsorted`` per deeper level, batched over
+batch x beams; the allowed set is then one gather (dense levels) or one scatter (CSR levels) into the token range of
+the current level, so no ``[rows, vocab]`` mask is ever built.
 """
 
 from __future__ import annotations
@@ -20,58 +23,79 @@ class TrieConstrainedLogitsProcessor(LogitsProcessor):
 
     ``input_ids`` are decoder ids whose first ``prefix_length`` columns (the decoder start token) precede the ID.
     While an ID is incomplete only its trie children are allowed; once complete only ``eos``; rows that left the
-    trie (should not happen) or are past ``eos`` may only emit ``eos`` or ``pad``.
+    trie (should not happen) or are past ``eos`` may only emit ``eos`` or ``pad``. With ``renormalize=True`` the
+    allowed scores are log-softmaxed among themselves (scores become constrained log-probabilities); that is much
+    cheaper than a following full-vocabulary ``LogitNormalization``.
     """
 
-    def __init__(self, trie: ItemTrie, pad_token_id: int | None = None, prefix_length: int = 1):
+    def __init__(self, trie: ItemTrie, pad_token_id: int | None = None, prefix_length: int = 1, *,
+                 renormalize: bool = False):  # fmt: skip
         if prefix_length < 0:
             raise ValueError(f"prefix_length must be >= 0, got {prefix_length}")
         self.trie = trie
         self.pad_token_id = pad_token_id
         self.prefix_length = prefix_length
+        self.renormalize = renormalize
         self._device_tries: dict[torch.device, ItemTrie] = {trie.device: trie}
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        """Return ``scores`` with the disallowed tokens of every row set to ``-inf``."""
-        return scores.masked_fill(~self.allowed_mask(input_ids, scores.shape[-1]), float("-inf"))
+        """Return a copy of ``scores`` with the disallowed tokens of every row set to ``-inf``."""
+        trie, depth = self._prepare(input_ids, scores.shape[-1])
+        out = torch.full_like(scores, float("-inf"))
+        eos, pad = trie.eos_token_id, self.pad_token_id
+        if depth > trie.id_length:  # past eos: the row is finished, only padding remains
+            out[:, eos] = scores[:, eos]
+            if pad is not None:
+                out[:, pad] = scores[:, pad]
+            return self._normalise(out) if self.renormalize else out
+        node, valid = trie.locate(input_ids[:, self.prefix_length :])
+        all_valid = bool(valid.all())  # the normal case: lets the fallback ops and the full normalisation be skipped
+        if depth == trie.id_length:
+            out[:, eos] = 0.0 if self.renormalize and all_valid else scores[:, eos]
+        else:
+            lo, width = trie.lo[depth], trie.width[depth]
+            allowed = trie.children_mask(node, None if all_valid else valid, depth)
+            block = torch.where(allowed, scores[:, lo : lo + width], float("-inf"))
+            # Normalising only the level's block is exact when every row has children (all-inf rows would be NaN).
+            out[:, lo : lo + width] = torch.log_softmax(block, -1) if self.renormalize and all_valid else block
+        if not all_valid:
+            # Rows that left the trie fall back to eos/pad (a valid row never allows eos: no ID contains it).
+            if depth < trie.id_length:
+                out[:, eos] = torch.where(valid, out[:, eos], scores[:, eos])
+            if pad is not None:
+                out[:, pad] = torch.where(valid, out[:, pad], scores[:, pad])
+            if self.renormalize:
+                return self._normalise(out)
+        return out
 
     def allowed_mask(self, input_ids: torch.LongTensor, vocab_size: int) -> torch.BoolTensor:
-        """``[rows, vocab_size]`` mask of the tokens each row may emit next."""
+        """``[rows, vocab_size]`` mask of the tokens each row may emit next (for inspection; decoding never builds it)."""
+        probe = torch.zeros(input_ids.shape[0], vocab_size, device=input_ids.device)
+        renormalize, self.renormalize = self.renormalize, False
+        try:
+            return torch.isfinite(self(input_ids, probe))
+        finally:
+            self.renormalize = renormalize
+
+    def _prepare(self, input_ids: torch.LongTensor, vocab_size: int) -> tuple[ItemTrie, int]:
         trie = self._on(input_ids.device)
         if trie.key_base > vocab_size or trie.eos_token_id >= vocab_size:
             raise ValueError(
                 f"scores have {vocab_size} columns but the trie uses token ids up to "
                 f"{max(trie.key_base - 1, trie.eos_token_id)}: was the model resized after adding the ID tokens?"
             )
-        rows, generated = input_ids.shape[0], input_ids.shape[1] - self.prefix_length
-        if generated < 0:
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < vocab_size:
+            raise ValueError(f"pad_token_id={self.pad_token_id} is outside the {vocab_size} score columns")
+        depth = input_ids.shape[1] - self.prefix_length
+        if depth < 0:
             raise ValueError(
                 f"input_ids have {input_ids.shape[1]} columns, fewer than prefix_length={self.prefix_length}"
             )
-        allowed = torch.zeros(rows, vocab_size, dtype=torch.bool, device=input_ids.device)
-        if generated > trie.id_length:  # past eos: the row is finished, only padding remains
-            self._allow_fallback(allowed, torch.ones(rows, dtype=torch.bool, device=input_ids.device))
-            return allowed
-        nodes = trie.walk(input_ids[:, self.prefix_length :])
-        valid = nodes >= 0
-        if generated == trie.id_length:
-            allowed[valid, trie.eos_token_id] = True
-        else:
-            node_ids = nodes[valid]
-            starts = trie.indptr[node_ids]
-            counts = trie.indptr[node_ids + 1] - starts
-            # Expand every row's CSR range [start, start + count) into (row, edge) pairs without a Python loop.
-            row_of_edge = torch.repeat_interleave(valid.nonzero().squeeze(1), counts)
-            first_edge = torch.repeat_interleave(starts - (torch.cumsum(counts, 0) - counts), counts)
-            edges = first_edge + torch.arange(len(row_of_edge), device=input_ids.device)
-            allowed[row_of_edge, trie.edge_tokens[edges]] = True
-        self._allow_fallback(allowed, ~valid)
-        return allowed
+        return trie, depth
 
-    def _allow_fallback(self, allowed: torch.BoolTensor, rows: torch.BoolTensor) -> None:
-        allowed[rows, self.trie.eos_token_id] = True
-        if self.pad_token_id is not None:
-            allowed[rows, self.pad_token_id] = True
+    @staticmethod
+    def _normalise(out: torch.FloatTensor) -> torch.FloatTensor:
+        return torch.log_softmax(out, -1)
 
     def _on(self, device: torch.device) -> ItemTrie:
         if device not in self._device_tries:

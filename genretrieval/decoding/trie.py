@@ -1,16 +1,32 @@
-"""A trie of item IDs, stored as flat tensors so that constrained decoding steps are vectorised.
+"""A trie of item IDs compiled to flat tensors, so that a constrained decoding step is a handful of batched ops.
 
-Nodes are numbered level by level: the root is node 0, then every distinct 1-token prefix, then every distinct
-2-token prefix, and so on; the leaves (complete IDs) come last. Each edge ``parent -> child`` labelled with token
-``t`` has the key ``parent * V + t`` (``V`` = :attr:`ItemTrie.key_base`). Because nodes are numbered in key order,
-the key array is sorted, edge ``e`` leads to node ``e + 1``, and the children of a node are one contiguous,
-token-sorted range of edges (CSR form: ``indptr[node]:indptr[node + 1]``). A transition for a whole batch is thus one
-``searchsorted`` over the keys; listing allowed tokens is a gather over a CSR range.
+All IDs have the same length ``L``. Position ``d`` of an ID is "level ``d``"; its tokens lie in the column range
+``[lo[d], lo[d] + width[d])`` (for semantic IDs each level has its own token range, so ``width`` is the codebook size).
+A token's *local code* at level ``d`` is ``token - lo[d]``.
+
+Prefixes of length ``d`` are the trie's depth-``d`` nodes. Two encodings are mixed:
+
+* **Dense** (depths ``0..D``): a node's id is its prefix written in mixed radix over ``width[:d]`` (``slots[d]`` =
+  ``prod(width[:d])`` possible ids, existing or not). For each dense level ``d < D`` a boolean table
+  ``[slots[d], width[d]]`` says which children exist; the child's id is ``parent * width[d] + local``, so reaching
+  a node at depth ``<= D`` is arithmetic plus one gather, whatever the depth. ``D`` is the deepest depth whose
+  ``slots`` stay within a budget (``max(2**16, 2 * num_items)`` by default): for 3 x 256 semantic codes that is the
+  first two levels, a 64 KB table.
+* **CSR** (depths ``> D``): nodes are numbered by rank among the distinct prefixes of their depth, in sorted order.
+  Level ``d >= D`` stores one sorted key ``parent * width[d] + local`` per edge (int32 when it fits) and a row
+  pointer per parent; since keys are sorted, edge ``e`` leads to child ``e``. A transition is one ``searchsorted``;
+  the children of a node are the contiguous key range ``indptr[node]:indptr[node + 1]``.
+
+Memory is proportional to the number of edges below depth ``D`` plus the fixed dense tables: about 36 bytes per item
+for 1e6 semantic IDs of 4 tokens, ``codes`` (kept for :attr:`ItemTrie.codes`, int32) included.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -18,116 +34,257 @@ import torch
 if TYPE_CHECKING:  # only for annotations: keeps `import genretrieval.decoding.trie` free of tokenizer imports
     from genretrieval.ids.base import ItemIdScheme
 
+TRIE_FILE = "trie.safetensors"
+FORMAT_VERSION = 1
+_INT32_MAX = 2**31 - 1
+# Above this many children per node, padding every row to the maximum costs more than an exact CSR expansion.
+_PADDED_MAX_CHILDREN = 16
+
 
 def item_token_ids(scheme: ItemIdScheme, tokenizer: Any) -> torch.LongTensor:
     """Token ids of every item's ID, ``[num_items, id_length]``, in ``scheme.item_ids`` order.
 
-    Raises ``ValueError`` naming the first ID token the tokenizer does not know (it would silently become ``<unk>``
-    and every item containing it would collapse onto the same ID).
+    Semantic and atomic schemes are mapped with array ops (only the scheme's own tokens go through the tokenizer);
+    other schemes go through :meth:`~genretrieval.ids.base.ItemIdScheme.valid_sequences`. Raises ``ValueError``
+    naming the first ID token the tokenizer does not know (it would silently become ``<unk>`` and every item
+    containing it would collapse onto the same ID).
     """
+    from genretrieval.ids.atomic import AtomicIdScheme
+    from genretrieval.ids.semantic import SemanticIdScheme
+
+    if isinstance(scheme, SemanticIdScheme):
+        # new_tokens() lists each level's range in code order, so code c of level j is entry offset[j] + c.
+        vocab = _token_ids(scheme.new_tokens(), tokenizer)
+        offsets = torch.tensor([0, *scheme.codebook_sizes[:-1]], dtype=torch.long).cumsum(0)
+        return vocab[torch.as_tensor(scheme.codes, dtype=torch.long) + offsets]
+    if isinstance(scheme, AtomicIdScheme):
+        return _token_ids(scheme.new_tokens(), tokenizer).view(-1, 1)
     sequences = scheme.valid_sequences()
     flat = [token for sequence in sequences for token in sequence]
-    ids = tokenizer.convert_tokens_to_ids(flat)
+    return _token_ids(flat, tokenizer).view(len(sequences), scheme.id_length)
+
+
+def _token_ids(tokens: list[str], tokenizer: Any) -> torch.LongTensor:
+    ids = tokenizer.convert_tokens_to_ids(tokens)
     unk_id = getattr(tokenizer, "unk_token_id", None)
     unk_token = getattr(tokenizer, "unk_token", None)
-    for token, token_id in zip(flat, ids):
-        if token_id is None or (token_id == unk_id and token != unk_token):
+    missing = [i for i, token_id in enumerate(ids) if token_id is None or token_id == unk_id]
+    for i in missing:
+        if tokens[i] != unk_token:
             raise ValueError(
-                f"ID token {token!r} is not in the tokenizer's vocabulary (size {len(tokenizer)}); "
+                f"ID token {tokens[i]!r} is not in the tokenizer's vocabulary (size {len(tokenizer)}); "
                 "add the scheme's tokens first: tokenizer.add_tokens(scheme.new_tokens())"
             )
-    return torch.tensor(ids, dtype=torch.long).view(len(sequences), scheme.id_length)
+    return torch.tensor(ids, dtype=torch.long)
 
 
 class ItemTrie:
-    """Prefix tree over fixed-length item IDs (token-id sequences), with vectorised transitions.
+    """Prefix tree over fixed-length item IDs (token-id sequences), compiled to tensors (see the module docstring).
 
     ``codes[i]`` is the token-id sequence of the item at catalog position ``i``; all IDs have length
-    :attr:`id_length`. After a complete ID the only allowed continuation is ``eos_token_id``.
+    :attr:`id_length`. After a complete ID the only allowed continuation is ``eos_token_id``. ``dense_budget`` caps
+    the number of node slots of the dense top levels (default ``max(2**16, 2 * num_items)``; 1 = CSR everywhere).
+    Building is vectorised (one ``unique`` per level): about a second for 1e6 items.
     """
 
-    def __init__(self, codes: torch.Tensor, eos_token_id: int):
+    def __init__(self, codes: torch.Tensor, eos_token_id: int, *, dense_budget: int | None = None):
         codes = _check_codes(codes, eos_token_id)
-        num_items, id_length = codes.shape
-        self.codes: torch.LongTensor = codes
+        num_items, length = codes.shape
+        if dense_budget is None:
+            dense_budget = max(2**16, 2 * num_items)
+        if not isinstance(dense_budget, int) or dense_budget < 1:
+            raise ValueError(f"dense_budget must be a positive integer, got {dense_budget!r}")
         self.eos_token_id = int(eos_token_id)
-        self.id_length = int(id_length)
-        # Keys must not alias across parents, so the base exceeds every token id that can label an edge.
-        self.key_base = int(codes.max()) + 1
+        self.id_length = int(length)
+        self.lo: list[int] = codes.min(0).values.tolist()
+        self.width: list[int] = (codes.max(0).values - codes.min(0).values + 1).tolist()
+        slots = [1]
+        for w in self.width:
+            slots.append(slots[-1] * w)
+        self.dense_depth = max(d for d in range(length + 1) if slots[d] <= dense_budget)
+        self.max_children: list[int] = []
+        self.dense: list[torch.BoolTensor] = []  # level d < D: [slots[d], width[d]] child exists
+        self.keys: list[torch.Tensor] = []  # level d >= D: sorted edge keys parent * width[d] + local
+        self.indptr: list[torch.Tensor] = []  # level d >= D: [parents + 1] CSR row pointers into keys[d - D]
 
-        parent = torch.zeros(num_items, dtype=torch.long)
-        level_keys, level_starts = [], []
-        next_node = 1
-        for level in range(id_length):
-            keys, inverse = torch.unique(parent * self.key_base + codes[:, level], sorted=True, return_inverse=True)
-            level_starts.append(next_node)
-            level_keys.append(keys)
-            parent = next_node + inverse
-            next_node += len(keys)
-        _check_duplicates(parent)
-
-        self.edge_keys: torch.LongTensor = torch.cat(level_keys)  # sorted: see the module docstring
-        self.edge_tokens: torch.LongTensor = self.edge_keys % self.key_base
-        self.num_nodes = next_node
-        edge_parents = self.edge_keys // self.key_base
-        self.indptr: torch.LongTensor = torch.zeros(self.num_nodes + 1, dtype=torch.long)
-        self.indptr[1:] = torch.cumsum(torch.bincount(edge_parents, minlength=self.num_nodes), 0)
-        self.node_depth: torch.LongTensor = torch.zeros(self.num_nodes, dtype=torch.long)
-        for level, start in enumerate(level_starts):
-            self.node_depth[start : start + len(level_keys[level])] = level + 1
-        self.leaf_item: torch.LongTensor = torch.full((self.num_nodes,), -1, dtype=torch.long)
-        self.leaf_item[parent] = torch.arange(num_items)
+        local = codes - torch.tensor(self.lo)
+        node = torch.zeros(num_items, dtype=torch.long)
+        parents = 1  # number of node ids at the current depth
+        for d in range(length):
+            key = node * self.width[d] + local[:, d]
+            if d < self.dense_depth:
+                table = torch.zeros(slots[d + 1], dtype=torch.bool)
+                table[key] = True
+                table = table.view(slots[d], self.width[d])
+                self.dense.append(table)
+                self.max_children.append(int(table.sum(1).max()))
+                node, parents = key, slots[d + 1]
+            else:
+                uniq, node = torch.unique(key, sorted=True, return_inverse=True)
+                counts = torch.bincount(uniq // self.width[d], minlength=parents)
+                self.keys.append(_narrow(uniq, parents * self.width[d]))
+                self.indptr.append(_narrow(torch.cat([counts.new_zeros(1), counts.cumsum(0)]), len(uniq)))
+                self.max_children.append(int(counts.max()))
+                parents = len(uniq)
+        _check_duplicates(node)
+        self.leaf_item: torch.Tensor = torch.full((parents,), -1, dtype=torch.int32)
+        self.leaf_item[node] = torch.arange(num_items, dtype=torch.int32)
+        self._codes: torch.Tensor = _narrow(codes, int(codes.max()))
         self._dict_trie: dict[int, Any] | None = None
 
     @classmethod
-    def from_scheme(cls, scheme: ItemIdScheme, tokenizer: Any, eos_token_id: int | None = None) -> ItemTrie:
+    def from_scheme(
+        cls, scheme: ItemIdScheme, tokenizer: Any, eos_token_id: int | None = None, *, dense_budget: int | None = None
+    ) -> ItemTrie:
         """Trie of ``scheme``'s IDs as ``tokenizer`` ids; ``eos_token_id`` defaults to the tokenizer's."""
         eos = tokenizer.eos_token_id if eos_token_id is None else eos_token_id
         if eos is None:
             raise ValueError("the tokenizer has no eos_token_id; pass eos_token_id explicitly")
-        return cls(item_token_ids(scheme, tokenizer), eos)
+        return cls(item_token_ids(scheme, tokenizer), eos, dense_budget=dense_budget)
 
-    # ---- vectorised API ----------------------------------------------------------------------------------------
-    def to(self, device: torch.device | str) -> ItemTrie:
-        """Copy whose tensors live on ``device``; :meth:`get` keeps using plain Python dicts."""
-        device = torch.device(device)
-        clone = object.__new__(ItemTrie)
-        clone.__dict__.update(self.__dict__)
-        for name, value in self.__dict__.items():
-            if isinstance(value, torch.Tensor):
-                setattr(clone, name, value.to(device))
-        return clone
+    # ---- properties --------------------------------------------------------------------------------------------
+    @property
+    def codes(self) -> torch.LongTensor:
+        """Token ids of every item's ID, ``[num_items, id_length]`` int64 (a fresh copy; stored as int32)."""
+        return self._codes.long()
 
     @property
     def device(self) -> torch.device:
         """Device of the trie's tensors."""
-        return self.edge_keys.device
+        return self.leaf_item.device
 
-    def transition(self, nodes: torch.LongTensor, tokens: torch.LongTensor) -> torch.LongTensor:
-        """Child of each ``nodes[b]`` along ``tokens[b]``; -1 where there is no such edge or ``nodes[b]`` is -1."""
-        ok = (nodes >= 0) & (tokens >= 0) & (tokens < self.key_base)
-        keys = nodes.clamp(min=0) * self.key_base + tokens.clamp(0, self.key_base - 1)
-        idx = torch.searchsorted(self.edge_keys, keys).clamp(max=len(self.edge_keys) - 1)
-        ok &= self.edge_keys[idx] == keys
-        return torch.where(ok, idx + 1, torch.full_like(idx, -1))
+    @property
+    def key_base(self) -> int:
+        """One more than the largest token id an ID uses (the vocabulary must have at least this many columns)."""
+        return max(lo + w for lo, w in zip(self.lo, self.width))
+
+    @property
+    def num_nodes(self) -> int:
+        """Number of existing trie nodes (root and leaves included)."""
+        dense = 1 + sum(int(t.sum()) for t in self.dense)
+        return dense + sum(len(k) for k in self.keys)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Every tensor the trie holds, by name (the contents of ``trie.safetensors``)."""
+        out = {"codes": self._codes, "leaf_item": self.leaf_item}
+        out.update({f"dense_{d}": t for d, t in enumerate(self.dense)})
+        out.update({f"keys_{self.dense_depth + i}": t for i, t in enumerate(self.keys)})
+        out.update({f"indptr_{self.dense_depth + i}": t for i, t in enumerate(self.indptr)})
+        return out
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the trie's tensors (the lazily built Python dict of :meth:`get` is not counted)."""
+        return sum(t.numel() * t.element_size() for t in self.tensors().values())
+
+    def to(self, device: torch.device | str) -> ItemTrie:
+        """The trie with its tensors on ``device`` (``self`` if they are already there); :meth:`get` stays in Python."""
+        device = torch.device(device)
+        if device == self.device:
+            return self
+        clone = object.__new__(ItemTrie)
+        clone.__dict__.update(self.__dict__)
+        clone.dense = [t.to(device) for t in self.dense]
+        clone.keys = [t.to(device) for t in self.keys]
+        clone.indptr = [t.to(device) for t in self.indptr]
+        clone.leaf_item = self.leaf_item.to(device)
+        clone._codes = self._codes.to(device)
+        return clone
+
+    # ---- vectorised API ----------------------------------------------------------------------------------------
+    def locate(self, prefixes: torch.Tensor) -> tuple[torch.LongTensor, torch.BoolTensor]:
+        """Node id of each row of ``prefixes [B, t]`` at depth ``t`` and whether that prefix exists.
+
+        Ids are per depth (see the module docstring); where ``valid`` is False the id is a clamped placeholder.
+        Cost: one gather for the dense depths plus one ``searchsorted`` per CSR level, all batched.
+        """
+        rows, t = prefixes.shape
+        if t > self.id_length:
+            raise ValueError(f"prefixes have {t} tokens, more than id_length={self.id_length}")
+        device = prefixes.device
+        valid = torch.ones(rows, dtype=torch.bool, device=device)
+        node = torch.zeros(rows, dtype=torch.long, device=device)
+        if t == 0:
+            return node, valid
+        lo, width, radixes = self._constants(device)
+        local = prefixes.long() - lo[:t]
+        in_range = (local >= 0) & (local < width[:t])
+        valid = in_range.all(1)
+        local = local.masked_fill_(~in_range, 0)
+        depth = min(t, self.dense_depth)
+        if depth:
+            # Mixed radix: the flat id of the depth-D prefix is one dot product, and its existence one lookup.
+            node = local[:, 0] if depth == 1 else (local[:, :depth] * radixes[depth - 1]).sum(1)
+            valid &= self.dense[depth - 1].view(-1)[node]
+        for d in range(depth, t):
+            keys = self.keys[d - self.dense_depth]
+            key = (node * self.width[d] + local[:, d]).to(keys.dtype)
+            idx = torch.searchsorted(keys, key).clamp_(max=len(keys) - 1)
+            valid &= keys[idx] == key
+            node = idx
+        return node, valid
+
+    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        # Per-level constants as tensors, made once per device: building them every decoding step costs a copy.
+        cache = self.__dict__.setdefault("_constant_cache", {})
+        if device not in cache:
+            cache[device] = (
+                torch.tensor(self.lo, device=device),
+                torch.tensor(self.width, device=device),
+                [torch.tensor(_radix(self.width[:k]), device=device) for k in range(1, self.dense_depth + 1)],
+            )
+        return cache[device]
+
+    def children_mask(self, node: torch.LongTensor, valid: torch.BoolTensor | None, depth: int) -> torch.BoolTensor:
+        """``[rows, width[depth]]`` mask of the local codes each depth-``depth`` node may emit.
+
+        Rows where ``valid`` is False get an empty mask; ``valid=None`` means every row is valid (saves an op).
+        """
+        if not 0 <= depth < self.id_length:
+            raise ValueError(f"depth must be in [0, {self.id_length}), got {depth}")
+        if depth < self.dense_depth:
+            mask = self.dense[depth][node]
+            return mask if valid is None else mask & valid[:, None]
+        level = depth - self.dense_depth
+        keys, indptr, width = self.keys[level], self.indptr[level], self.width[depth]
+        start = indptr[node].long()
+        count = indptr[node + 1].long() - start
+        if valid is not None:
+            count = count.masked_fill(~valid, 0)
+        rows = len(node)
+        if self.max_children[depth] <= _PADDED_MAX_CHILDREN:
+            # Few children everywhere: every row reads max_children slots; unused slots go to a spare column.
+            slot = torch.arange(self.max_children[depth], device=node.device)
+            edges = (start[:, None] + slot).clamp_(max=len(keys) - 1)
+            local = keys[edges].long() - node[:, None] * width
+            local = local.masked_fill_(slot >= count[:, None], width)
+            mask = torch.zeros(rows, width + 1, dtype=torch.bool, device=node.device)
+            return mask.scatter_(1, local, True)[:, :width]
+        # Some node has many children (e.g. 256 below a popular prefix): padding every row to that would cost
+        # rows x max_children, so expand each row's CSR range exactly into (row, edge) pairs instead.
+        row = torch.repeat_interleave(torch.arange(rows, device=node.device), count)
+        first = torch.repeat_interleave(start - (count.cumsum(0) - count), count)
+        edges = first + torch.arange(len(row), device=node.device)
+        mask = torch.zeros(rows, width, dtype=torch.bool, device=node.device)
+        mask[row, keys[edges].long() - node[row] * width] = True
+        return mask
 
     def walk(self, prefixes: torch.LongTensor) -> torch.LongTensor:
-        """Node reached by each row of ``prefixes [B, t]`` (``t <= id_length``); -1 if the row left the trie."""
+        """Node reached by each row of ``prefixes [B, t]`` (``t <= id_length``; ids per depth); -1 if it left the trie."""
         if prefixes.dim() != 2 or prefixes.shape[1] > self.id_length:
             raise ValueError(
                 f"prefixes must be [batch, t] with t <= id_length={self.id_length}, got shape {tuple(prefixes.shape)}"
             )
-        nodes = torch.zeros(prefixes.shape[0], dtype=torch.long, device=prefixes.device)
-        for position in range(prefixes.shape[1]):  # at most id_length steps, each over the whole batch
-            nodes = self.transition(nodes, prefixes[:, position])
-        return nodes
+        node, valid = self.locate(prefixes)
+        return torch.where(valid, node, torch.full_like(node, -1))
 
     def lookup(self, sequences: torch.LongTensor) -> torch.LongTensor:
         """Catalog position of the item whose ID is each row of ``sequences [B, id_length]``, or -1."""
         if sequences.dim() != 2 or sequences.shape[1] != self.id_length:
             raise ValueError(f"sequences must be [batch, {self.id_length}], got shape {tuple(sequences.shape)}")
-        nodes = self.walk(sequences)
-        return torch.where(nodes >= 0, self.leaf_item[nodes.clamp(min=0)], nodes)
+        node, valid = self.locate(sequences.to(self.device))
+        item = self.leaf_item[node].long()
+        return torch.where(valid, item, torch.full_like(item, -1))
 
     # ---- GENRE-like Python API (per prefix; used by callbacks and tests) ---------------------------------------
     def get(self, prefix: Sequence[int]) -> list[int]:
@@ -146,17 +303,20 @@ class ItemTrie:
         return len(tokens) == self.id_length and self._walk_dict(tokens) is not None
 
     def __len__(self) -> int:
-        return self.codes.shape[0]
+        return self._codes.shape[0]
 
     def __repr__(self) -> str:
-        return f"ItemTrie(items={len(self)}, id_length={self.id_length}, nodes={self.num_nodes})"
+        return (
+            f"ItemTrie(items={len(self)}, id_length={self.id_length}, dense_depth={self.dense_depth}, "
+            f"bytes={self.nbytes})"
+        )
 
     def _walk_dict(self, prefix: Sequence[int]) -> dict[int, Any] | None:
         # Nested dicts are built on first use: a per-beam callback needs O(1) Python lookups, not tensor ops,
-        # and keeping them independent of the CSR arrays makes them a real oracle in tests.
+        # and keeping them independent of the compiled tensors makes them a real oracle in tests.
         if self._dict_trie is None:
             root: dict[int, Any] = {}
-            for code in self.codes.tolist():
+            for code in self._codes.tolist():
                 node = root
                 for token in code:
                     node = node.setdefault(token, {})
@@ -169,6 +329,74 @@ class ItemTrie:
             if node is None:
                 return None
         return node
+
+    # ---- persistence -------------------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike, metadata: dict[str, str] | None = None) -> None:
+        """Write the compiled trie to ``path`` (safetensors, atomically); ``metadata`` is stored alongside."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        header = {
+            "format_version": str(FORMAT_VERSION), "eos_token_id": str(self.eos_token_id),
+            "lo": json.dumps(self.lo), "width": json.dumps(self.width), "dense_depth": str(self.dense_depth),
+            "max_children": json.dumps(self.max_children),
+        }  # fmt: skip
+        overlap = set(header) & set(metadata or {})
+        if overlap:
+            raise ValueError(f"metadata keys {sorted(overlap)} are reserved by the trie file format")
+        header.update(metadata or {})
+        tensors = {name: t.detach().cpu().contiguous() for name, t in self.tensors().items()}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        try:
+            save_file(tensors, str(tmp), metadata=header)
+            os.replace(tmp, path)
+        finally:
+            if tmp.exists():
+                tmp.unlink()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> tuple[ItemTrie, dict[str, str]]:
+        """Read a trie written by :meth:`save`; returns it and the file's metadata. Raises ``ValueError`` if malformed."""
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+            tensors = {name: f.get_tensor(name) for name in f.keys()}
+        try:
+            version = int(metadata["format_version"])
+            if version != FORMAT_VERSION:
+                raise ValueError(f"unsupported trie format_version {version} (this code reads {FORMAT_VERSION})")
+            trie = object.__new__(cls)
+            trie.eos_token_id = int(metadata["eos_token_id"])
+            trie.lo, trie.width = json.loads(metadata["lo"]), json.loads(metadata["width"])
+            trie.dense_depth = int(metadata["dense_depth"])
+            trie.max_children = json.loads(metadata["max_children"])
+            trie._codes, trie.leaf_item = tensors["codes"], tensors["leaf_item"]
+            trie.id_length = trie._codes.shape[1]
+            d0 = trie.dense_depth
+            trie.dense = [tensors[f"dense_{d}"] for d in range(d0)]
+            trie.keys = [tensors[f"keys_{d}"] for d in range(d0, trie.id_length)]
+            trie.indptr = [tensors[f"indptr_{d}"] for d in range(d0, trie.id_length)]
+            trie._dict_trie = None
+        except (KeyError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{str(path)!r} is not a trie file written by ItemTrie.save (missing {exc})") from exc
+        if not (len(trie.lo) == len(trie.width) == len(trie.max_children) == trie.id_length):
+            raise ValueError(f"{str(path)!r} is inconsistent: per-level lists do not match id_length={trie.id_length}")
+        return trie, metadata
+
+
+def _radix(width: Sequence[int]) -> list[int]:
+    out, step = [], 1
+    for w in reversed(width):
+        out.append(step)
+        step *= w
+    return out[::-1]
+
+
+def _narrow(t: torch.Tensor, max_value: int) -> torch.Tensor:
+    """int32 copy of ``t`` when ``max_value`` fits (halves memory and gather bandwidth), else int64."""
+    return t.to(torch.int32) if max_value <= _INT32_MAX else t.to(torch.long)
 
 
 def _check_codes(codes: torch.Tensor, eos_token_id: int) -> torch.LongTensor:
