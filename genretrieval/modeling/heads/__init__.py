@@ -16,3 +16,6 @@ from .base import (
 
 __all__ = ["Head", "HeadBatch", "HeadConfig", "HeadDataConfig", "HeadOutput", "OwnEmbeddings", "SharedEmbeddings", "build_head",
            "get_head_class", "register_head", "registered_heads"]
+
+# Importing the head modules registers them (register_head); the standalone baselines are derived from the registry.
+from . import unified_ssr  # noqa: E402,F401  (registers "unified-ssr")
