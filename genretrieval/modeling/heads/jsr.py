@@ -96,8 +96,9 @@ class JSRConfig(HeadConfig):
     hidden_dim: int | None = None
     # §2.3: ψ/ψ′ are "two layer fully-connected networks"; hidden width not reported -> None = embed_dim.
     match_hidden_dim: int | None = None
-    # §2.3: W: V -> R, one weight per term; ids >= vocab_size fold modulo (65536 covers T5 + 12k item tokens).
-    vocab_size: int = 65536
+    # §2.3: W: V -> R, one weight per term; ids >= vocab_size fold modulo. 2^17 covers T5 (+ item tokens) and
+    # catalog word vocabularies of our datasets; the head is not told the vocabulary size, so it over-provisions.
+    vocab_size: int = 131072
     # §2.2: φ_I and φ′_I are distinct functions sharing W and E -> separate networks unless this is True.
     share_item_network: bool = False
     # Not in the paper: add the shared item embedding to φ_I so auxiliary training reaches the item-token rows.
@@ -405,9 +406,12 @@ class JSRSeqHead(JSRHead):
             return self.rec_encoder(products, history < 0)[0]
         items = self._nonempty(batch.search_items[rows][:, -(max_len - 1):])
         past_queries = batch.search_queries[rows][:, -(max_len - 1):]
+        current = batch.query[rows].unsqueeze(1)
         if past_queries.shape[1] != items.shape[1]:  # the [R, 0] case padded above
-            past_queries = past_queries.new_zeros(items.shape[0], items.shape[1], batch.query.shape[1])
-        queries = torch.cat([past_queries, batch.query[rows].unsqueeze(1)], dim=1)
+            past_queries = past_queries.new_zeros(items.shape[0], items.shape[1], current.shape[2])
+        length = max(past_queries.shape[2], current.shape[2])  # 0-pad both to one query length
+        queries = torch.cat([F.pad(past_queries, (0, length - past_queries.shape[2])),
+                             F.pad(current, (0, length - current.shape[2]))], dim=1)
         query_vectors = self.term_average(queries, emb) + user
         f_p, f_q = self.search_encoder(emb.items(items) + user, items < 0, query_vectors, ~(queries > 0).any(-1))
         w = self.branch_weight
