@@ -87,8 +87,13 @@ class TrainingArguments:
     interrupt_after_steps: int | None = None  # stop this run after N optimizer steps as if killed (tests, time boxes)
     logging_steps: int = 25  # optimizer steps between tracker logs
     report_to: Literal["auto", "tensorboard", "none"] = "auto"  # auto: TensorBoard when installed
-    num_threads: int | None = None  # CPU threads; None = all cores (accelerate launch would set 1)
-    dataloader_num_workers: int = 0  # tokenisation is cheap; workers rarely pay off on CPU
+    num_threads: int | None = None  # CPU threads per process; None = usable cores / local processes (accelerate launch would set 1)
+    dataloader_num_workers: int = 0  # batches come pre-tokenised: workers would only add IPC on CPU
+    group_by_length: bool = True  # batches of similar source length (less padding); False = plain seeded shuffle
+    length_group_factor: int = 50  # group_by_length sorts within mega-batches of this many batches (as HF's sampler)
+    cache_tokenized: bool = True  # keep the tokenised training set in output_dir/cache and reuse it on reruns/resumes
+    adamw_fused: bool = True  # fused AdamW kernel (Trainer's default adamw_torch_fused); False = the for-loop kernel
+    speed_warmup_steps: int = 2  # first optimizer steps left out of the reported train_examples_per_s (allocation)
 
     def __post_init__(self) -> None:
         positive = ("num_epochs", "batch_size", "gradient_accumulation_steps", "save_total_limit", "logging_steps")
@@ -99,7 +104,9 @@ class TrainingArguments:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"training.{name} must be >= 1 or null, got {value!r}")
-        for name in ("eval_every", "save_every", "early_stopping_patience", "dataloader_num_workers"):
+        if self.length_group_factor < 1:
+            raise ValueError(f"training.length_group_factor must be >= 1, got {self.length_group_factor!r}")
+        for name in ("eval_every", "save_every", "early_stopping_patience", "dataloader_num_workers", "speed_warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"training.{name} must be >= 0, got {getattr(self, name)!r}")
         if self.learning_rate <= 0:

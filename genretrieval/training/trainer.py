@@ -15,14 +15,14 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader
 
 from ..config import flatten
 from ..data.builders import build_examples, mix_tasks
@@ -32,7 +32,9 @@ from ..ids import AtomicIdScheme, ItemIdScheme, load_id_scheme
 from ..ids.base import ID_SCHEME_FILE
 from ..fileio import atomic_write_text
 from ..modeling.retriever import GenerativeRetriever, build_model
-from .arguments import TrainConfig
+from .arguments import TrainConfig, TrainingArguments
+from .batching import CACHE_DIR, EpochPermutationSampler, LengthGroupedSampler, PaddingCollator, TokenizedExamples
+from .batching import tokenize_examples
 
 logger = logging.getLogger(__name__)
 
@@ -127,23 +129,35 @@ class Seq2SeqCollator:
         return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "labels": labels}
 
 
-class EpochPermutationSampler(Sampler[int]):
-    """Shuffles with a permutation that depends only on (seed, epoch), so a resumed run sees the same order."""
+def default_num_threads() -> int:
+    """CPU threads for one process: the cores this process may use, shared among the processes on this machine."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
-    def __init__(self, num_examples: int, seed: int):
-        self.num_examples = num_examples
-        self.seed = seed
-        self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        """Select the permutation of ``epoch``."""
-        self.epoch = epoch
+def make_train_loader(train_set: Any, retriever: GenerativeRetriever, args: TrainingArguments,
+                      cache_dir: str | Path | None = None, num_processes: int = 1) -> tuple[DataLoader, EpochPermutationSampler]:
+    """Pre-tokenised training batches, dynamically padded, length-bucketed when ``args.group_by_length``.
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(np.random.default_rng([self.seed, self.epoch]).permutation(self.num_examples).tolist())
-
-    def __len__(self) -> int:
-        return self.num_examples
+    Returns the loader and its sampler (call ``sampler.set_epoch`` before each epoch).
+    """
+    examples = TokenizedExamples(tokenize_examples(train_set, retriever, cache_dir))
+    if args.group_by_length:
+        # Buckets of one global batch: accelerate deals consecutive per-process batches out to the processes, so N
+        # processes × batch B then see exactly the examples one process with batch N×B would see.
+        sampler = LengthGroupedSampler(examples.lengths, args.batch_size * num_processes, args.seed,
+                                       args.length_group_factor)
+    else:
+        sampler = EpochPermutationSampler(len(examples), args.seed)
+    # An explicit generator keeps DataLoader from drawing its base seed from the global RNG, which would make a
+    # resumed run's dropout masks differ from an uninterrupted one.
+    loader = DataLoader(examples, batch_size=args.batch_size, sampler=sampler,
+                        collate_fn=PaddingCollator(retriever.tokenizer.pad_token_id),
+                        num_workers=args.dataloader_num_workers, generator=torch.Generator().manual_seed(args.seed))
+    return loader, sampler
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -275,7 +289,7 @@ def train(config: TrainConfig, tables: tuple[Any, Any] | None = None) -> dict[st
     # T5 ties lm_head/encoder/decoder embeddings; accelerate warns about it on every save_state, harmlessly.
     logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
     if not torch.cuda.is_available():
-        torch.set_num_threads(args.num_threads or os.cpu_count() or 1)
+        torch.set_num_threads(args.num_threads or default_num_threads())
     accelerator = _make_accelerator(config)
     set_seed(args.seed)
     log = accelerator.print
@@ -300,14 +314,14 @@ def train(config: TrainConfig, tables: tuple[Any, Any] | None = None) -> dict[st
     log(f"model: {type(retriever.model).__name__}, {n_params / 1e6:.2f}M parameters, vocabulary {len(retriever.tokenizer)}")
     if config.peft.enabled:
         retriever = _apply_adapter(config, retriever, log)
-    collator = Seq2SeqCollator(retriever)
-    sampler = EpochPermutationSampler(len(train_set), args.seed)
-    # An explicit generator keeps DataLoader from drawing its base seed from the global RNG, which would make a
-    # resumed run's dropout masks differ from an uninterrupted one.
-    loader = DataLoader(train_set, batch_size=args.batch_size, sampler=sampler, collate_fn=collator,
-                        num_workers=args.dataloader_num_workers, generator=torch.Generator().manual_seed(args.seed))
+    # The main process writes the tokenised cache; the others then read it instead of tokenising concurrently.
+    with accelerator.main_process_first():
+        loader, sampler = make_train_loader(train_set, retriever, args,
+                                            output_dir / CACHE_DIR if args.cache_tokenized else None,
+                                            num_processes=accelerator.num_processes)
     trainable = [p for p in retriever.model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.weight_decay,
+                                  fused=args.adamw_fused or None)
     batches_per_epoch = math.ceil(len(loader) / accelerator.num_processes) if accelerator.num_processes > 1 else len(loader)
     steps_per_epoch = math.ceil(batches_per_epoch / args.gradient_accumulation_steps)
     total_steps = args.max_steps or steps_per_epoch * args.num_epochs
@@ -375,7 +389,11 @@ def train(config: TrainConfig, tables: tuple[Any, Any] | None = None) -> dict[st
     pbar = tqdm(total=total_steps, initial=state.global_step, desc="training", disable=not accelerator.is_local_main_process,
                 dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 10.0)
     steps_this_run = 0
-    window_loss, window_examples, window_start = 0.0, 0, time.time()
+    # Losses stay on the device until a log line needs them: an .item() per step would stall a GPU every step.
+    window_loss = torch.zeros((), device=accelerator.device)
+    window_examples, window_seconds, pending_examples = 0, 0.0, 0
+    timed_examples, timed_seconds = 0, 0.0  # this run's training steps after speed_warmup_steps (no eval/saving)
+    mark = time.perf_counter()  # end of the last training work; validation and checkpoints move it forward
     done = state.stopped_early or state.global_step >= total_steps
     start_epoch = state.micro_step // batches_per_epoch
     for epoch in range(start_epoch, num_epochs):
@@ -394,32 +412,41 @@ def train(config: TrainConfig, tables: tuple[Any, Any] | None = None) -> dict[st
                 scheduler.step()
                 optimizer.zero_grad()
             state.micro_step += 1
-            window_loss += loss.detach().float().item()
-            window_examples += batch["input_ids"].shape[0] * accelerator.num_processes
+            window_loss += loss.detach().float()
+            pending_examples += batch["input_ids"].shape[0] * accelerator.num_processes
             if not accelerator.sync_gradients:
                 continue
             state.global_step += 1
             steps_this_run += 1
+            now = time.perf_counter()
+            window_seconds += now - mark
+            window_examples += pending_examples
+            if steps_this_run > args.speed_warmup_steps:
+                timed_seconds += now - mark
+                timed_examples += pending_examples
+            pending_examples, mark = 0, now
             pbar.update(1)
             if state.global_step % args.logging_steps == 0 or state.global_step == total_steps:
-                elapsed = max(time.time() - window_start, 1e-9)
                 if accelerator.num_processes > 1:
                     # Every rank reaches this line at the same step: one collective per log, not per step.
-                    window_loss = accelerator.reduce(torch.tensor(window_loss, device=accelerator.device), "mean").item()
-                mean_loss = window_loss / max(1, args.logging_steps * args.gradient_accumulation_steps)
-                rate = window_examples / elapsed
+                    window_loss = accelerator.reduce(window_loss, "mean")
+                mean_loss = window_loss.item() / max(1, args.logging_steps * args.gradient_accumulation_steps)
+                rate = window_examples / max(window_seconds, 1e-9)
                 pbar.set_postfix(loss=f"{mean_loss:.3f}", ex_per_s=f"{rate:.0f}", lr=f"{scheduler.get_last_lr()[0]:.1e}")
                 accelerator.log({"train/loss": mean_loss, "train/examples_per_s": rate,
                                  "train/lr": scheduler.get_last_lr()[0], "train/epoch": epoch}, step=state.global_step)
                 state.log_history.append({"step": state.global_step, "train/loss": mean_loss, "train/examples_per_s": rate})
-                window_loss, window_examples, window_start = 0.0, 0, time.time()
+                window_loss = torch.zeros((), device=accelerator.device)
+                window_examples, window_seconds = 0, 0.0
             last = state.global_step >= total_steps
             if state.global_step % eval_every == 0 or last:
                 if validate():
                     state.stopped_early = True
                     write(f"early stopping: no improvement in {args.early_stopping_patience} validations")
+                mark = time.perf_counter()  # validation is not training time
             if state.global_step % save_every == 0 or last or state.stopped_early:
                 save_checkpoint()
+                mark = time.perf_counter()
             if last or state.stopped_early:
                 done = True
                 break
@@ -458,6 +485,10 @@ def train(config: TrainConfig, tables: tuple[Any, Any] | None = None) -> dict[st
         "random_ranker_recall@10": min(1.0, 10 / len(catalog)),
         "steps": state.global_step, "stopped_early": state.stopped_early, "log_history": state.log_history,
         "train_seconds_this_run": round(train_seconds, 1), "seed": args.seed,
+        # Training steps only (no validation, checkpoints or the first speed_warmup_steps): recipes/bench_training.py.
+        "train_examples_per_s": round(timed_examples / timed_seconds, 2) if timed_seconds > 0 else None,
+        "train_timed": {"examples": timed_examples, "seconds": round(timed_seconds, 4),
+                        "warmup_steps_excluded": args.speed_warmup_steps},
         "environment": _environment(),
     }
     if accelerator.is_main_process:
