@@ -54,7 +54,7 @@ class TrieConstrainedLogitsProcessor(LogitsProcessor):
             out[:, eos] = 0.0 if self.renormalize and all_valid else scores[:, eos]
         else:
             lo, width = trie.lo[depth], trie.width[depth]
-            allowed = trie.children_mask(node, None if all_valid else valid, depth)
+            allowed = trie.children_mask(node, depth)  # dead ids (rows that left the trie) have no children
             block = torch.where(allowed, scores[:, lo : lo + width], float("-inf"))
             # Normalising only the level's block is exact when every row has children (all-inf rows would be NaN).
             out[:, lo : lo + width] = torch.log_softmax(block, -1) if self.renormalize and all_valid else block

@@ -2,22 +2,26 @@
 
 All IDs have the same length ``L``. Position ``d`` of an ID is "level ``d``"; its tokens lie in the column range
 ``[lo[d], lo[d] + width[d])`` (for semantic IDs each level has its own token range, so ``width`` is the codebook size).
-A token's *local code* at level ``d`` is ``token - lo[d]``.
+A token's *local code* at level ``d`` is ``token - lo[d]``; ``token_table[d, token]`` holds it, precomputed.
 
 Prefixes of length ``d`` are the trie's depth-``d`` nodes. Two encodings are mixed:
 
 * **Dense** (depths ``0..D``): a node's id is its prefix written in mixed radix over ``width[:d]`` (``slots[d]`` =
-  ``prod(width[:d])`` possible ids, existing or not). For each dense level ``d < D`` a boolean table
-  ``[slots[d], width[d]]`` says which children exist; the child's id is ``parent * width[d] + local``, so reaching
-  a node at depth ``<= D`` is arithmetic plus one gather, whatever the depth. ``D`` is the deepest depth whose
-  ``slots`` stay within a budget (``max(2**16, 2 * num_items)`` by default): for 3 x 256 semantic codes that is the
-  first two levels, a 64 KB table.
+  ``prod(width[:d])`` possible ids, existing or not), so reaching a node at depth ``<= D`` is one gather and a sum
+  whatever the depth. For each dense level ``d < D`` a boolean table ``[slots[d] + 1, width[d]]`` says which children
+  exist. ``D`` is the deepest depth whose ``slots`` stay within a budget (``max(2**16, 2 * num_items)`` by default):
+  for 3 x 256 semantic codes the first two levels, a 64 KB table.
 * **CSR** (depths ``> D``): nodes are numbered by rank among the distinct prefixes of their depth, in sorted order.
-  Level ``d >= D`` stores one sorted key ``parent * width[d] + local`` per edge (int32 when it fits) and a row
-  pointer per parent; since keys are sorted, edge ``e`` leads to child ``e``. A transition is one ``searchsorted``;
-  the children of a node are the contiguous key range ``indptr[node]:indptr[node + 1]``.
+  Level ``d >= D`` stores per edge a sorted key ``parent * (width[d] + 1) + local`` (int32 when it fits) and the
+  child's local code, and per parent a row pointer; since keys are sorted, edge ``e`` leads to child ``e`` and the
+  children of a node are the contiguous range ``indptr[node]:indptr[node + 1]``. A transition is one
+  ``searchsorted``.
 
-Memory is proportional to the number of edges below depth ``D`` plus the fixed dense tables: about 36 bytes per item
+Every depth has one extra *dead* id (``slots[d]`` or the number of nodes) with no children: prefixes that leave the
+trie land there and stay there, so no validity flag has to be carried from level to level. Invalid tokens map to
+local code ``width[d]``, which no key uses.
+
+Memory is proportional to the number of edges below depth ``D`` plus the fixed dense tables: about 40 bytes per item
 for 1e6 semantic IDs of 4 tokens, ``codes`` (kept for :attr:`ItemTrie.codes`, int32) included.
 """
 
@@ -84,7 +88,7 @@ class ItemTrie:
     ``codes[i]`` is the token-id sequence of the item at catalog position ``i``; all IDs have length
     :attr:`id_length`. After a complete ID the only allowed continuation is ``eos_token_id``. ``dense_budget`` caps
     the number of node slots of the dense top levels (default ``max(2**16, 2 * num_items)``; 1 = CSR everywhere).
-    Building is vectorised (one ``unique`` per level): about a second for 1e6 items.
+    Building is vectorised (one ``unique`` per level): well under a second for 1e6 items.
     """
 
     def __init__(self, codes: torch.Tensor, eos_token_id: int, *, dense_budget: int | None = None):
@@ -98,39 +102,60 @@ class ItemTrie:
         self.id_length = int(length)
         self.lo: list[int] = codes.min(0).values.tolist()
         self.width: list[int] = (codes.max(0).values - codes.min(0).values + 1).tolist()
-        slots = [1]
-        for w in self.width:
-            slots.append(slots[-1] * w)
+        slots = _slots(self.width)
         self.dense_depth = max(d for d in range(length + 1) if slots[d] <= dense_budget)
         self.max_children: list[int] = []
-        self.dense: list[torch.BoolTensor] = []  # level d < D: [slots[d], width[d]] child exists
-        self.keys: list[torch.Tensor] = []  # level d >= D: sorted edge keys parent * width[d] + local
-        self.indptr: list[torch.Tensor] = []  # level d >= D: [parents + 1] CSR row pointers into keys[d - D]
+        self.dense: list[torch.BoolTensor] = []  # level d < D: [slots[d] + 1, width[d]] child exists (+ dead row)
+        self.keys: list[torch.Tensor] = []  # level d >= D: sorted edge keys parent * (width[d] + 1) + local, + sentinel
+        self.locals: list[torch.Tensor] = []  # level d >= D: local code of each edge's token, + padding
+        self.indptr: list[torch.Tensor] = []  # level d >= D: [parents + 2] CSR row pointers (+ the dead node)
 
         local = codes - torch.tensor(self.lo)
         node = torch.zeros(num_items, dtype=torch.long)
-        parents = 1  # number of node ids at the current depth
+        parents = 1  # number of live node ids at the current depth (the dead id is `parents`)
         for d in range(length):
-            key = node * self.width[d] + local[:, d]
+            width = self.width[d]
             if d < self.dense_depth:
-                table = torch.zeros(slots[d + 1], dtype=torch.bool)
+                key = node * width + local[:, d]
+                table = torch.zeros(slots[d + 1] + width, dtype=torch.bool)
                 table[key] = True
-                table = table.view(slots[d], self.width[d])
-                self.dense.append(table)
-                self.max_children.append(int(table.sum(1).max()))
+                self.dense.append(table.view(slots[d] + 1, width))
+                self.max_children.append(int(table.view(-1, width).sum(1).max()))
                 node, parents = key, slots[d + 1]
             else:
+                key = node * (width + 1) + local[:, d]
                 uniq, node = torch.unique(key, sorted=True, return_inverse=True)
-                counts = torch.bincount(uniq // self.width[d], minlength=parents)
-                self.keys.append(_narrow(uniq, parents * self.width[d]))
+                counts = torch.bincount(uniq // (width + 1), minlength=parents + 1)
+                most = int(counts.max())
+                big = (parents + 1) * (width + 1)  # sentinel: above every key, also the dead node's
+                self.keys.append(_narrow(torch.cat([uniq, uniq.new_full((1,), big)]), big))
+                # Padding lets a row read max_children slots from any start without running off the end.
+                self.locals.append(torch.cat([uniq % (width + 1), uniq.new_full((most,), width)]).to(torch.int32))
                 self.indptr.append(_narrow(torch.cat([counts.new_zeros(1), counts.cumsum(0)]), len(uniq)))
-                self.max_children.append(int(counts.max()))
+                self.max_children.append(most)
                 parents = len(uniq)
         _check_duplicates(node)
-        self.leaf_item: torch.Tensor = torch.full((parents,), -1, dtype=torch.int32)
+        self.leaf_item: torch.Tensor = torch.full((parents + 1,), -1, dtype=torch.int32)
         self.leaf_item[node] = torch.arange(num_items, dtype=torch.int32)
+        self.token_table = self._token_table()
         self._codes: torch.Tensor = _narrow(codes, int(codes.max()))
         self._dict_trie: dict[int, Any] | None = None
+
+    def _token_table(self) -> torch.Tensor:
+        """``[L, key_base + 2]`` int32: what one gather turns a token at level ``d`` into (column ``token + 1``).
+
+        Dense levels: ``local * radix[d]`` (the summand of the depth-``D`` mixed-radix id), else ``slots[D]`` so
+        that any invalid token pushes the sum past the last live id. CSR levels: ``local``, else ``width[d]``. The
+        first and last columns catch negative and too large tokens (clamped there).
+        """
+        depth, slots = self.dense_depth, _slots(self.width)
+        table = torch.empty(self.id_length, self.key_base + 2, dtype=torch.long)
+        radix = _radix(self.width[:depth])
+        for d, (lo, width) in enumerate(zip(self.lo, self.width)):
+            dense = d < depth
+            table[d] = slots[depth] if dense else width
+            table[d, lo + 1 : lo + width + 1] = torch.arange(width) * (radix[d] if dense else 1)
+        return _narrow(table, int(table.max()))
 
     @classmethod
     def from_scheme(
@@ -162,14 +187,14 @@ class ItemTrie:
     def num_nodes(self) -> int:
         """Number of existing trie nodes (root and leaves included)."""
         dense = 1 + sum(int(t.sum()) for t in self.dense)
-        return dense + sum(len(k) for k in self.keys)
+        return dense + sum(len(k) - 1 for k in self.keys)
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """Every tensor the trie holds, by name (the contents of ``trie.safetensors``)."""
-        out = {"codes": self._codes, "leaf_item": self.leaf_item}
+        out = {"codes": self._codes, "leaf_item": self.leaf_item, "token_table": self.token_table}
         out.update({f"dense_{d}": t for d, t in enumerate(self.dense)})
-        out.update({f"keys_{self.dense_depth + i}": t for i, t in enumerate(self.keys)})
-        out.update({f"indptr_{self.dense_depth + i}": t for i, t in enumerate(self.indptr)})
+        for name in ("keys", "locals", "indptr"):
+            out.update({f"{name}_{self.dense_depth + i}": t for i, t in enumerate(getattr(self, name))})
         return out
 
     @property
@@ -184,89 +209,80 @@ class ItemTrie:
             return self
         clone = object.__new__(ItemTrie)
         clone.__dict__.update(self.__dict__)
-        clone.dense = [t.to(device) for t in self.dense]
-        clone.keys = [t.to(device) for t in self.keys]
-        clone.indptr = [t.to(device) for t in self.indptr]
-        clone.leaf_item = self.leaf_item.to(device)
-        clone._codes = self._codes.to(device)
+        for name in ("dense", "keys", "locals", "indptr"):
+            setattr(clone, name, [t.to(device) for t in getattr(self, name)])
+        for name in ("leaf_item", "token_table", "_codes"):
+            setattr(clone, name, getattr(self, name).to(device))
         return clone
 
     # ---- vectorised API ----------------------------------------------------------------------------------------
     def locate(self, prefixes: torch.Tensor) -> tuple[torch.LongTensor, torch.BoolTensor]:
         """Node id of each row of ``prefixes [B, t]`` at depth ``t`` and whether that prefix exists.
 
-        Ids are per depth (see the module docstring); where ``valid`` is False the id is a clamped placeholder.
-        Cost: one gather for the dense depths plus one ``searchsorted`` per CSR level, all batched.
+        Ids are per depth (see the module docstring); rows that left the trie get the depth's dead id. Cost: about
+        six batched ops for the dense depths plus six per CSR level (one ``searchsorted``), whatever ``B``.
         """
         rows, t = prefixes.shape
         if t > self.id_length:
             raise ValueError(f"prefixes have {t} tokens, more than id_length={self.id_length}")
         device = prefixes.device
-        valid = torch.ones(rows, dtype=torch.bool, device=device)
-        node = torch.zeros(rows, dtype=torch.long, device=device)
         if t == 0:
-            return node, valid
-        lo, width, radixes = self._constants(device)
-        local = prefixes.long() - lo[:t]
-        in_range = (local >= 0) & (local < width[:t])
-        valid = in_range.all(1)
-        local = local.masked_fill_(~in_range, 0)
+            return torch.zeros(rows, dtype=torch.long, device=device), torch.ones(rows, dtype=torch.bool, device=device)
+        offsets, dividers = self._constants(device)
+        # Column j of the table is token j - 1: tokens outside [0, key_base) land in the first or last column.
+        local = self.token_table.view(-1)[prefixes.clamp(-1, self.key_base) + offsets[:t]]
         depth = min(t, self.dense_depth)
         if depth:
-            # Mixed radix: the flat id of the depth-D prefix is one dot product, and its existence one lookup.
-            node = local[:, 0] if depth == 1 else (local[:, :depth] * radixes[depth - 1]).sum(1)
-            valid &= self.dense[depth - 1].view(-1)[node]
+            node = local[:, :depth].sum(1)
+            if depth < self.dense_depth:
+                node = node.div_(dividers[depth], rounding_mode="floor")
+            node = node.clamp_(max=_slots(self.width)[depth])
+            if t == depth:
+                return node, self.dense[depth - 1].view(-1)[node]
+        else:
+            node = torch.zeros(rows, dtype=torch.long, device=device)
         for d in range(depth, t):
-            keys = self.keys[d - self.dense_depth]
-            key = (node * self.width[d] + local[:, d]).to(keys.dtype)
-            idx = torch.searchsorted(keys, key).clamp_(max=len(keys) - 1)
-            valid &= keys[idx] == key
-            node = idx
-        return node, valid
+            level = d - self.dense_depth
+            keys = self.keys[level]
+            key = torch.add(local[:, d], node, alpha=self.width[d] + 1).to(keys.dtype)
+            idx = torch.searchsorted(keys, key)
+            node = torch.where(keys[idx] == key, idx, len(keys) - 1)  # len(keys) - 1: the next depth's dead id
+        return node, node < len(self.keys[t - 1 - self.dense_depth]) - 1
 
-    def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        # Per-level constants as tensors, made once per device: building them every decoding step costs a copy.
+    def _constants(self, device: torch.device) -> tuple[torch.Tensor, list[int]]:
+        # Made once per device: building tensors every decoding step would cost a copy each time.
         cache = self.__dict__.setdefault("_constant_cache", {})
         if device not in cache:
-            cache[device] = (
-                torch.tensor(self.lo, device=device),
-                torch.tensor(self.width, device=device),
-                [torch.tensor(_radix(self.width[:k]), device=device) for k in range(1, self.dense_depth + 1)],
-            )
+            offsets = torch.arange(self.id_length, device=device) * (self.key_base + 2) + 1
+            step = _slots(self.width)[self.dense_depth]
+            cache[device] = (offsets, [step // s for s in _slots(self.width)[: self.dense_depth + 1]])
         return cache[device]
 
-    def children_mask(self, node: torch.LongTensor, valid: torch.BoolTensor | None, depth: int) -> torch.BoolTensor:
-        """``[rows, width[depth]]`` mask of the local codes each depth-``depth`` node may emit.
-
-        Rows where ``valid`` is False get an empty mask; ``valid=None`` means every row is valid (saves an op).
-        """
+    def children_mask(self, node: torch.LongTensor, depth: int) -> torch.BoolTensor:
+        """``[rows, width[depth]]`` mask of the local codes each depth-``depth`` node may emit (none for dead ids)."""
         if not 0 <= depth < self.id_length:
             raise ValueError(f"depth must be in [0, {self.id_length}), got {depth}")
         if depth < self.dense_depth:
-            mask = self.dense[depth][node]
-            return mask if valid is None else mask & valid[:, None]
+            return self.dense[depth][node]
         level = depth - self.dense_depth
-        keys, indptr, width = self.keys[level], self.indptr[level], self.width[depth]
+        locals_, indptr, width = self.locals[level], self.indptr[level], self.width[depth]
         start = indptr[node].long()
-        count = indptr[node + 1].long() - start
-        if valid is not None:
-            count = count.masked_fill(~valid, 0)
+        count = indptr[node + 1] - start
         rows = len(node)
-        if self.max_children[depth] <= _PADDED_MAX_CHILDREN:
+        most = self.max_children[depth]
+        if most <= _PADDED_MAX_CHILDREN:
             # Few children everywhere: every row reads max_children slots; unused slots go to a spare column.
-            slot = torch.arange(self.max_children[depth], device=node.device)
-            edges = (start[:, None] + slot).clamp_(max=len(keys) - 1)
-            local = keys[edges].long() - node[:, None] * width
-            local = local.masked_fill_(slot >= count[:, None], width)
+            slot = torch.arange(most, device=node.device)
+            local = locals_[start[:, None] + slot].long().masked_fill_(slot >= count[:, None], width)
             mask = torch.zeros(rows, width + 1, dtype=torch.bool, device=node.device)
             return mask.scatter_(1, local, True)[:, :width]
         # Some node has many children (e.g. 256 below a popular prefix): padding every row to that would cost
         # rows x max_children, so expand each row's CSR range exactly into (row, edge) pairs instead.
-        row = torch.repeat_interleave(torch.arange(rows, device=node.device), count)
-        first = torch.repeat_interleave(start - (count.cumsum(0) - count), count)
-        edges = first + torch.arange(len(row), device=node.device)
+        row = torch.repeat_interleave(count)
+        shift = start - (count.cumsum(0) - count)
+        edges = torch.arange(len(row), device=node.device) + shift[row]
         mask = torch.zeros(rows, width, dtype=torch.bool, device=node.device)
-        mask[row, keys[edges].long() - node[row] * width] = True
+        mask[row, locals_[edges]] = True
         return mask
 
     def walk(self, prefixes: torch.LongTensor) -> torch.LongTensor:
@@ -282,9 +298,8 @@ class ItemTrie:
         """Catalog position of the item whose ID is each row of ``sequences [B, id_length]``, or -1."""
         if sequences.dim() != 2 or sequences.shape[1] != self.id_length:
             raise ValueError(f"sequences must be [batch, {self.id_length}], got shape {tuple(sequences.shape)}")
-        node, valid = self.locate(sequences.to(self.device))
-        item = self.leaf_item[node].long()
-        return torch.where(valid, item, torch.full_like(item, -1))
+        node, _ = self.locate(sequences.to(self.device))
+        return self.leaf_item[node].long()  # the dead id's entry is -1
 
     # ---- GENRE-like Python API (per prefix; used by callbacks and tests) ---------------------------------------
     def get(self, prefix: Sequence[int]) -> list[int]:
@@ -373,17 +388,27 @@ class ItemTrie:
             trie.dense_depth = int(metadata["dense_depth"])
             trie.max_children = json.loads(metadata["max_children"])
             trie._codes, trie.leaf_item = tensors["codes"], tensors["leaf_item"]
+            trie.token_table = tensors["token_table"]
             trie.id_length = trie._codes.shape[1]
             d0 = trie.dense_depth
             trie.dense = [tensors[f"dense_{d}"] for d in range(d0)]
-            trie.keys = [tensors[f"keys_{d}"] for d in range(d0, trie.id_length)]
-            trie.indptr = [tensors[f"indptr_{d}"] for d in range(d0, trie.id_length)]
+            for name in ("keys", "locals", "indptr"):
+                setattr(trie, name, [tensors[f"{name}_{d}"] for d in range(d0, trie.id_length)])
             trie._dict_trie = None
         except (KeyError, json.JSONDecodeError) as exc:
             raise ValueError(f"{str(path)!r} is not a trie file written by ItemTrie.save (missing {exc})") from exc
         if not (len(trie.lo) == len(trie.width) == len(trie.max_children) == trie.id_length):
             raise ValueError(f"{str(path)!r} is inconsistent: per-level lists do not match id_length={trie.id_length}")
+        if tuple(trie.token_table.shape) != (trie.id_length, trie.key_base + 2):
+            raise ValueError(f"{str(path)!r} is inconsistent: token_table has shape {tuple(trie.token_table.shape)}")
         return trie, metadata
+
+
+def _slots(width: Sequence[int]) -> list[int]:
+    out = [1]
+    for w in width:
+        out.append(out[-1] * w)
+    return out
 
 
 def _radix(width: Sequence[int]) -> list[int]:
