@@ -104,7 +104,8 @@ class HeadBaseline(Retriever):
         rows = {t: tables[t].to_list() if hasattr(tables[t], "to_list") else list(tables[t]) for t in tasks}
         with seeded(seed), torch_threads(cfg.num_threads):
             emb = OwnEmbeddings(len(self.item_ids), len(vocab) + 1, cfg.embedding_dim, self.builder.item_text_ids)
-            head = build_head(self.head_name, cfg.embedding_dim, len(self.builder.user_index) + 1, **cfg.head_params)
+            head = build_head(self.head_name, cfg.embedding_dim, len(self.builder.user_index) + 1,
+                              vocab_size=len(vocab) + 1, **cfg.head_params)
             generator = torch.Generator().manual_seed(seed)
             stages = head.training_stages(cfg.max_epochs)
             self.heads = {t: head for t in tasks}

@@ -19,4 +19,5 @@ __all__ = ["Head", "HeadBatch", "HeadConfig", "HeadDataConfig", "HeadOutput", "O
 
 # Importing the head modules registers them (register_head); the standalone baselines are derived from the registry.
 from . import unified_ssr  # noqa: E402,F401  (registers "unified-ssr")
+from . import jsr  # noqa: E402,F401  (registers "jsr" and "jsr-seq")
 from . import sesrec  # noqa: E402,F401  (registers "sesrec")

@@ -67,7 +67,9 @@ class AuxiliaryHeads(nn.Module):
         self.embeddings = Seq2SeqSharedEmbeddings(retriever.model, tokens, self.builder.item_text_ids)
         dim = self.embeddings.embed_dim
         num_users = len(self.builder.user_index) + 1
-        self.heads = nn.ModuleDict({s.name: build_head(s.name, dim, num_users, **s.params) for s in specs})
+        vocab = len(retriever.tokenizer)
+        self.heads = nn.ModuleDict({s.name: build_head(s.name, dim, num_users, vocab_size=vocab, **s.params)
+                                    for s in specs})
 
     def set_model(self, model: nn.Module) -> None:
         """Point the shared embeddings at ``model`` (e.g. the unwrapped model after ``accelerator.prepare``)."""

@@ -222,10 +222,16 @@ def registered_heads() -> list[str]:
     return sorted(_HEADS)
 
 
-def build_head(name: str, embed_dim: int, num_users: int, **params: Any) -> Head:
-    """Instantiate head ``name`` with its config built from ``params`` (unknown keys are named in the error)."""
+def build_head(name: str, embed_dim: int, num_users: int, vocab_size: int | None = None, **params: Any) -> Head:
+    """Instantiate head ``name`` with its config built from ``params`` (unknown keys are named in the error).
+
+    ``vocab_size`` (the term vocabulary, padding included) fills the config's ``vocab_size`` field when the head
+    has one and ``params`` does not set it (JSR's per-term weights).
+    """
     cls = get_head_class(name)
     known = {f.name for f in fields(cls.config_class)}
+    if vocab_size is not None and "vocab_size" in known and "vocab_size" not in params:
+        params = dict(params, vocab_size=vocab_size)
     unknown = sorted(set(params) - known)
     if unknown:
         raise ValueError(f"unknown {name} head parameter(s) {unknown}; known: {sorted(known)}")
