@@ -5,7 +5,7 @@ given. Beam search reorders, duplicates and drops rows between steps, so anythin
 (matching rows to the previous call's would cost more than the lookup). With the compiled trie the lookup is O(1)
 per step anyway: one gather for the dense top levels and one ``searchsorted`` per deeper level, batched over
 batch x beams; the allowed set is then one gather (dense levels) or one scatter (CSR levels) into the token range of
-the current level, so no ``[rows, vocab]`` mask is ever built.
+the current level, so no ``[rows, vocab]`` mask is ever built, and ``scores`` are edited in place.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .trie import ItemTrie
 
 
 class TrieConstrainedLogitsProcessor(LogitsProcessor):
-    """Sets the score of every token that would leave the trie of valid item IDs to ``-inf``.
+    """Sets the score of every token that would leave the trie of valid item IDs to ``-inf`` (in place).
 
     ``input_ids`` are decoder ids whose first ``prefix_length`` columns (the decoder start token) precede the ID.
     While an ID is incomplete only its trie children are allowed; once complete only ``eos``; rows that left the
@@ -39,34 +39,43 @@ class TrieConstrainedLogitsProcessor(LogitsProcessor):
         self._device_tries: dict[torch.device, ItemTrie] = {trie.device: trie}
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        """Return a copy of ``scores`` with the disallowed tokens of every row set to ``-inf``."""
+        """Set the disallowed tokens of every row of ``scores`` to ``-inf``, in place, and return ``scores``.
+
+        In place because a fresh ``[rows, vocab]`` tensor per step costs more than everything else here (large
+        allocations are page-faulted anew on every call); ``generate`` hands each step's scores over for this.
+        """
         trie, depth = self._prepare(input_ids, scores.shape[-1])
-        out = torch.full_like(scores, float("-inf"))
         eos, pad = trie.eos_token_id, self.pad_token_id
+        neg_inf = float("-inf")
         if depth > trie.id_length:  # past eos: the row is finished, only padding remains
-            out[:, eos] = scores[:, eos]
-            if pad is not None:
-                out[:, pad] = scores[:, pad]
-            return self._normalise(out) if self.renormalize else out
+            keep = [eos] if pad is None else [eos, pad]
+            kept = scores[:, keep].clone()
+            scores.fill_(neg_inf)[:, keep] = kept
+            return self._normalise(scores) if self.renormalize else scores
         node, valid = trie.locate(input_ids[:, self.prefix_length :])
         all_valid = bool(valid.all())  # the normal case: lets the fallback ops and the full normalisation be skipped
+        if not all_valid:
+            fallback = {token: scores[:, token].clone() for token in ([eos] if pad is None else [eos, pad])}
         if depth == trie.id_length:
-            out[:, eos] = 0.0 if self.renormalize and all_valid else scores[:, eos]
+            eos_scores = scores[:, eos].clone()
+            scores.fill_(neg_inf)[:, eos] = 0.0 if self.renormalize and all_valid else eos_scores
         else:
             lo, width = trie.lo[depth], trie.width[depth]
             allowed = trie.children_mask(node, depth)  # dead ids (rows that left the trie) have no children
-            block = torch.where(allowed, scores[:, lo : lo + width], float("-inf"))
-            # Normalising only the level's block is exact when every row has children (all-inf rows would be NaN).
-            out[:, lo : lo + width] = torch.log_softmax(block, -1) if self.renormalize and all_valid else block
+            scores[:, :lo] = neg_inf
+            scores[:, lo + width :] = neg_inf
+            block = scores[:, lo : lo + width].masked_fill_(~allowed, neg_inf)
+            if self.renormalize and all_valid:
+                # Normalising only the level's block is exact when every row has children (all-inf rows: NaN).
+                scores[:, lo : lo + width] = torch.log_softmax(block, -1)
         if not all_valid:
             # Rows that left the trie fall back to eos/pad (a valid row never allows eos: no ID contains it).
-            if depth < trie.id_length:
-                out[:, eos] = torch.where(valid, out[:, eos], scores[:, eos])
-            if pad is not None:
-                out[:, pad] = torch.where(valid, out[:, pad], scores[:, pad])
+            for token, original in fallback.items():
+                if token != eos or depth < trie.id_length:
+                    scores[:, token] = torch.where(valid, scores[:, token], original)
             if self.renormalize:
-                return self._normalise(out)
-        return out
+                return self._normalise(scores)
+        return scores
 
     def allowed_mask(self, input_ids: torch.LongTensor, vocab_size: int) -> torch.BoolTensor:
         """``[rows, vocab_size]`` mask of the tokens each row may emit next (for inspection; decoding never builds it)."""
