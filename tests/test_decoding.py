@@ -411,3 +411,35 @@ def test_retrieve_rejects_mismatched_trie(digits_setup, atomic_setup):
     atomic_trie = ItemTrie.from_scheme(atomic_setup[0], atomic_setup[1])
     with pytest.raises(ValueError, match="does not match"):
         retrieve(model, tok, scheme, ["search: red"], k=2, trie=atomic_trie)
+
+
+# ---- batched / streamed retrieval ----------------------------------------------------------------------------------
+def test_streamed_retrieval_equals_list_and_mixes_tasks(digits_setup, capsys):
+    scheme, tok, model, trie = digits_setup
+    # SOURCES mixes search and recommend requests; batch_size 2 splits them across batches of mixed tasks.
+    whole = retrieve(model, tok, scheme, SOURCES, k=4, trie=trie, batch_size=len(SOURCES))
+    streamed = retrieve(model, tok, scheme, (s for s in SOURCES), k=4, trie=trie, batch_size=2, progress=True)
+    assert streamed.item_ids == whole.item_ids
+    torch.testing.assert_close(torch.tensor(streamed.scores), torch.tensor(whole.scores), atol=1e-5, rtol=1e-5)
+    assert "retrieve: 5query" in capsys.readouterr().err  # the tqdm bar counted every query (length unknown)
+    for items in whole.item_ids:
+        assert len(items) == len(set(items)) == 4 and all(i in scheme for i in items)
+
+
+def test_iter_retrieve_yields_per_batch_and_checks_streams(digits_setup):
+    from genretrieval.decoding import iter_retrieve
+
+    scheme, tok, model, trie = digits_setup
+    batches = list(iter_retrieve(model, tok, scheme, iter(SOURCES), k=2, trie=trie, batch_size=2,
+                                 exclude=iter([{"song-1"}] * len(SOURCES))))
+    assert [len(b.item_ids) for b in batches] == [2, 2, 1]
+    assert all("song-1" not in items for b in batches for items in b.item_ids)
+    assert not model.training
+    with pytest.raises(ValueError, match="exclude has 3 entries"):
+        retrieve(model, tok, scheme, iter(SOURCES), k=2, trie=trie, batch_size=2, exclude=iter([set()] * 3))
+    with pytest.raises(ValueError, match="more entries"):
+        retrieve(model, tok, scheme, iter(SOURCES), k=2, trie=trie, batch_size=2, exclude=iter([set()] * 6))
+    with pytest.raises(ValueError, match=r"sources\[3\]"):
+        retrieve(model, tok, scheme, iter(SOURCES[:3] + [""]), k=2, trie=trie, batch_size=2)
+    with pytest.raises(ValueError, match="empty"):
+        retrieve(model, tok, scheme, iter([]), k=2, trie=trie)

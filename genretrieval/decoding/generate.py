@@ -3,54 +3,100 @@
 Scores are log-probabilities of the *constrained* distribution (the model's distribution renormalised over the
 tokens the trie allows at each step), so one-token and multi-token schemes report comparable numbers and the
 atomic fast path equals a one-step beam search.
+
+Sources are formatted model inputs (``"search: ..."``, ``"recommend: <a_1>..."``): the task prefix is part of the
+text, so search and recommendation requests mix freely in one batch. Each source is tokenised and encoded once per
+batch (``generate`` runs the encoder before expanding to beams); large query sets are consumed lazily,
+``batch_size`` at a time (:func:`iter_retrieve`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+import itertools
+from collections.abc import Collection, Iterable, Iterator, Sized
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import LogitNormalization, LogitsProcessorList
+from transformers import LogitsProcessorList
 
 from genretrieval.ids.base import ItemIdScheme
 
 from .logits_process import TrieConstrainedLogitsProcessor
 from .trie import ItemTrie, item_token_ids
 
-__all__ = ["RetrievalOutput", "item_token_ids", "retrieve"]
+__all__ = ["RetrievalOutput", "item_token_ids", "iter_retrieve", "retrieve"]
 
 
 @dataclass
 class RetrievalOutput:
     """Per source: retrieved item ids, best first, and their constrained log-probabilities (descending)."""
 
-    item_ids: list[list[str]]
-    scores: list[list[float]]
+    item_ids: list[list[str]] = field(default_factory=list)
+    scores: list[list[float]] = field(default_factory=list)
+
+    def extend(self, other: RetrievalOutput) -> None:
+        """Append ``other``'s rows (e.g. the next batch of a stream)."""
+        self.item_ids += other.item_ids
+        self.scores += other.scores
 
 
 def retrieve(
     model: Any,
     tokenizer: Any,
     scheme: ItemIdScheme,
-    sources: list[str],
+    sources: Iterable[str],
     k: int = 10,
     *,
     num_beams: int | None = None,
     batch_size: int = 64,
     max_source_length: int = 128,
     trie: ItemTrie | None = None,
-    exclude: list[Collection[str]] | None = None,
+    exclude: Iterable[Collection[str]] | None = None,
+    progress: bool = False,
 ) -> RetrievalOutput:
-    """Top-``k`` catalog items for each formatted source string (e.g. ``"search: red shoes"``).
+    """Top-``k`` distinct catalog items for each formatted source string (e.g. ``"search: red shoes"``).
 
     One-token schemes score the whole catalog in one decoder step (exact top-k). Longer IDs use trie-constrained beam
     search with ``max(k, num_beams)`` beams (approximate). ``exclude[i]`` lists item ids never to return for source
     ``i`` (e.g. already-seen items); lists can then be shorter than ``k`` if too few items remain. Pass a prebuilt
-    ``trie`` to avoid rebuilding it on every call.
+    ``trie`` to avoid rebuilding it on every call; ``progress`` shows a tqdm bar. See :func:`iter_retrieve` to
+    consume results batch by batch.
     """
-    _validate(scheme, sources, k, num_beams, batch_size, exclude)
+    out = RetrievalOutput()
+    for batch in iter_retrieve(model, tokenizer, scheme, sources, k, num_beams=num_beams, batch_size=batch_size,
+                               max_source_length=max_source_length, trie=trie, exclude=exclude, progress=progress):
+        out.extend(batch)
+    return out
+
+
+def iter_retrieve(
+    model: Any,
+    tokenizer: Any,
+    scheme: ItemIdScheme,
+    sources: Iterable[str],
+    k: int = 10,
+    *,
+    num_beams: int | None = None,
+    batch_size: int = 64,
+    max_source_length: int = 128,
+    trie: ItemTrie | None = None,
+    exclude: Iterable[Collection[str]] | None = None,
+    progress: bool = False,
+) -> Iterator[RetrievalOutput]:
+    """:func:`retrieve`, one :class:`RetrievalOutput` per batch of ``batch_size`` sources, read from ``sources`` lazily.
+
+    ``sources`` (and ``exclude``, aligned with it) may be any iterable, e.g. a generator over a file too large to
+    hold in memory. The model is in eval mode until the iterator is exhausted or closed.
+    """
+    if isinstance(sources, str):
+        raise ValueError("sources must be a list of strings, got a single string")
+    _validate(scheme, k, num_beams, batch_size)
+    total = len(sources) if isinstance(sources, Sized) else None
+    if exclude is not None and total is not None and isinstance(exclude, Sized) and len(exclude) != total:
+        raise ValueError(f"exclude has {len(exclude)} entries but there are {total} sources")
+    if total == 0:
+        raise ValueError("sources is empty: nothing to retrieve for")
     if trie is None:
         trie = ItemTrie.from_scheme(scheme, tokenizer)
     elif len(trie) != len(scheme) or trie.id_length != scheme.id_length:
@@ -58,29 +104,63 @@ def retrieve(
             f"trie ({len(trie)} items x {trie.id_length} tokens) does not match the scheme "
             f"({len(scheme)} items x {scheme.id_length} tokens)"
         )
-    excluded = None if exclude is None else [_positions(scheme, items, i) for i, items in enumerate(exclude)]
+    trie = trie.to(model.device)  # once, not per batch
+    processor = TrieConstrainedLogitsProcessor(trie, pad_token_id=model.config.pad_token_id, renormalize=True)
+    from tqdm.auto import tqdm
 
     was_training = model.training
     model.eval()
+    bar = tqdm(total=total, unit="query", desc="retrieve", disable=not progress)
     try:
-        with torch.inference_mode():
-            item_ids: list[list[str]] = []
-            scores: list[list[float]] = []
-            for start in range(0, len(sources), batch_size):
-                batch = sources[start : start + batch_size]
+        seen = 0
+        for batch, batch_exclude in _batches(sources, exclude, batch_size):
+            _check_sources(batch, seen)
+            excluded = None if batch_exclude is None else [
+                _positions(scheme, items, seen + i) for i, items in enumerate(batch_exclude)
+            ]
+            with torch.inference_mode():  # entered per batch: the caller's code between batches keeps autograd
                 enc = tokenizer(
                     batch, padding=True, truncation=True, max_length=max_source_length, return_tensors="pt"
                 ).to(model.device)
-                batch_excluded = None if excluded is None else excluded[start : start + batch_size]
                 if scheme.id_length == 1:
-                    positions, batch_scores = _top_k_atomic(model, enc, trie, k, batch_excluded)
+                    positions, batch_scores = _top_k_atomic(model, enc, trie, k, excluded)
                 else:
-                    positions, batch_scores = _top_k_beam(model, enc, trie, k, num_beams, batch_excluded)
-                item_ids += [[scheme.item_ids[p] for p in row] for row in positions]
-                scores += batch_scores
+                    positions, batch_scores = _top_k_beam(model, enc, trie, k, num_beams, excluded, processor)
+            seen += len(batch)
+            bar.update(len(batch))
+            yield RetrievalOutput([[scheme.item_ids[p] for p in row] for row in positions], batch_scores)
+        if seen == 0:
+            raise ValueError("sources is empty: nothing to retrieve for")
     finally:
+        bar.close()
         model.train(was_training)
-    return RetrievalOutput(item_ids=item_ids, scores=scores)
+
+
+def _batches(
+    sources: Iterable[str], exclude: Iterable[Collection[str]] | None, batch_size: int
+) -> Iterator[tuple[list[str], list[Collection[str]] | None]]:
+    source_iter = iter(sources)
+    exclude_iter = None if exclude is None else iter(exclude)
+    consumed = 0
+    while True:
+        batch = list(itertools.islice(source_iter, batch_size))
+        if not batch:
+            if exclude_iter is not None and next(exclude_iter, _END) is not _END:
+                raise ValueError(f"exclude has more entries than the {consumed} sources")
+            return
+        batch_exclude = None
+        if exclude_iter is not None:
+            batch_exclude = list(itertools.islice(exclude_iter, len(batch)))
+            if len(batch_exclude) != len(batch):
+                raise ValueError(
+                    f"exclude has {consumed + len(batch_exclude)} entries but there are more sources "
+                    f"(at least {consumed + len(batch)})"
+                )
+        consumed += len(batch)
+        yield batch, batch_exclude
+
+
+_END = object()
 
 
 def _top_k_atomic(
@@ -105,14 +185,21 @@ def _top_k_atomic(
 
 
 def _top_k_beam(
-    model: Any, enc: Any, trie: ItemTrie, k: int, num_beams: int | None, excluded: list[set[int]] | None
+    model: Any,
+    enc: Any,
+    trie: ItemTrie,
+    k: int,
+    num_beams: int | None,
+    excluded: list[set[int]] | None,
+    processor: TrieConstrainedLogitsProcessor | None = None,
 ) -> tuple[list[list[int]], list[list[float]]]:
     extra = 0 if excluded is None else max(len(items) for items in excluded)
     # More beams than items cannot help and would fill the spare beams with -inf junk.
     beams = min(len(trie), max(k + extra, num_beams or k))
-    processors = LogitsProcessorList(
-        [TrieConstrainedLogitsProcessor(trie, pad_token_id=model.config.pad_token_id), LogitNormalization()]
-    )
+    if processor is None:
+        processor = TrieConstrainedLogitsProcessor(trie, pad_token_id=model.config.pad_token_id, renormalize=True)
+    # The processor renormalises over the allowed tokens itself: cheaper than a full-vocabulary LogitNormalization.
+    processors = LogitsProcessorList([processor])
     search_kwargs: dict[str, Any] = {"num_beams": beams, "num_return_sequences": beams}
     if beams > 1:  # beam-only flags make generate warn when it runs greedy search
         search_kwargs.update(early_stopping=True, length_penalty=0.0)  # 0: scores are plain sums of log-probs
@@ -170,28 +257,18 @@ def _positions(scheme: ItemIdScheme, items: Collection[str], index: int) -> set[
     return {scheme.position(item) for item in items}
 
 
-def _validate(
-    scheme: ItemIdScheme,
-    sources: Sequence[str],
-    k: int,
-    num_beams: int | None,
-    batch_size: int,
-    exclude: list[Collection[str]] | None,
-) -> None:
-    if isinstance(sources, str):
-        raise ValueError("sources must be a list of strings, got a single string")
-    if len(sources) == 0:
-        raise ValueError("sources is empty: nothing to retrieve for")
-    for i, source in enumerate(sources):
-        if not isinstance(source, str):
-            raise ValueError(f"sources[{i}] must be a string, got {type(source).__name__}")
-        if not source.strip():
-            raise ValueError(f"sources[{i}] is empty or whitespace-only: {source!r}")
+def _validate(scheme: ItemIdScheme, k: int, num_beams: int | None, batch_size: int) -> None:
     if not 1 <= k <= len(scheme):
         raise ValueError(f"k must be between 1 and the number of items ({len(scheme)}), got {k}")
     if num_beams is not None and num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    if exclude is not None and len(exclude) != len(sources):
-        raise ValueError(f"exclude has {len(exclude)} entries but there are {len(sources)} sources")
+
+
+def _check_sources(batch: list[str], offset: int) -> None:
+    for i, source in enumerate(batch, start=offset):
+        if not isinstance(source, str):
+            raise ValueError(f"sources[{i}] must be a string, got {type(source).__name__}")
+        if not source.strip():
+            raise ValueError(f"sources[{i}] is empty or whitespace-only: {source!r}")
