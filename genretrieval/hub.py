@@ -33,7 +33,8 @@ BASE_TAGS = ("generative-retrieval", "recommendation", "search", "constrained-de
 # commit, so a repo never mixes an old ID scheme with a new model). Anything else the owner added is kept.
 OWNED_PATTERNS = ("config.json", "generation_config.json", "model*.safetensors", "model.safetensors.index.json",
                   "tokenizer*.json", "special_tokens_map.json", "added_tokens.json", "spiece.model", "id_scheme*.json",
-                  "genretrieval.json", "catalog_titles.json", MODEL_CARD_FILE, TRAINING_CONFIG_FILE, EVAL_RESULTS_FILE)
+                  "genretrieval.json", "catalog_titles.json", "trie.safetensors", MODEL_CARD_FILE, TRAINING_CONFIG_FILE,
+                  EVAL_RESULTS_FILE)
 # Never uploaded nor downloaded: they can execute code when loaded.
 UNSAFE_PATTERNS = ("*.bin", "*.pkl", "*.pickle", "*.pt", "*.pth", "*.ckpt", "*.npy", "*.npz", "*.h5", "*.msgpack",
                    "*.py", "*.joblib")

@@ -216,7 +216,8 @@ def bench_size(size: int, args: argparse.Namespace) -> list[dict[str, Any]]:
         # generate(prefix_allowed_tokens_fn=...) builds, so that its time inside the processor can be measured too.
         timed = {"processor": TimedProcessor(processor)}
         if run_callback:
-            timed["callback"] = TimedProcessor(PrefixConstrainedLogitsProcessor(callback_fn(dict_trie, 1, id_length), beams))
+            callback = callback_fn(dict_trie, 1, id_length)
+            timed["callback"] = TimedProcessor(PrefixConstrainedLogitsProcessor(callback, beams))
         extra = {"unconstrained": {}, **{m: {"logits_processor": LogitsProcessorList([t])} for m, t in timed.items()}}
         with torch.inference_mode():
             for method in extra:  # warm-up: first calls allocate caches and pick kernels

@@ -137,10 +137,10 @@ def test_dense_and_csr_layouts_agree():
     assert tries[0].dense_depth == 0 and tries[-1].dense_depth == 4
     probes = torch.cat([codes[:50], torch.randint(0, 32, (50, 4), generator=gen)])
     for t in range(5):
-        ref = TrieConstrainedLogitsProcessor(tries[0], PAD).allowed_mask(torch.cat([torch.zeros(100, 1, dtype=torch.long), probes[:, :t]], 1), 40)
+        rows = torch.cat([torch.zeros(100, 1, dtype=torch.long), probes[:, :t]], 1)
+        ref = TrieConstrainedLogitsProcessor(tries[0], PAD).allowed_mask(rows, 40)
         for other in tries[1:]:
-            mask = TrieConstrainedLogitsProcessor(other, PAD).allowed_mask(torch.cat([torch.zeros(100, 1, dtype=torch.long), probes[:, :t]], 1), 40)
-            assert torch.equal(mask, ref)
+            assert torch.equal(TrieConstrainedLogitsProcessor(other, PAD).allowed_mask(rows, 40), ref)
     for other in tries:
         assert other.lookup(probes).tolist() == tries[0].lookup(probes).tolist()
 
@@ -151,7 +151,8 @@ def test_renormalize_gives_constrained_log_probs():
     plain, norm = TrieConstrainedLogitsProcessor(trie, PAD), TrieConstrainedLogitsProcessor(trie, PAD, renormalize=True)
     gen = torch.Generator().manual_seed(0)
     for t in range(5):
-        ids = torch.cat([torch.zeros(4, 1, dtype=torch.long), torch.cat([codes, torch.ones(4, 1, dtype=torch.long)], 1)[:, :t]], 1)
+        body = torch.cat([codes, torch.ones(4, 1, dtype=torch.long)], 1)[:, :t]
+        ids = torch.cat([torch.zeros(4, 1, dtype=torch.long), body], 1)
         ids[3, 1:] = 3 if t else 0  # one row off the trie from step 1: the fallback path
         scores = torch.randn(4, 12, generator=gen)
         torch.testing.assert_close(norm(ids, scores.clone()), torch.log_softmax(plain(ids, scores.clone()), -1))
@@ -199,3 +200,55 @@ def test_bench_decoding_smoke(tmp_path):
     assert row["items"] == 1000 and row["processor_outputs_valid"] == 1.0 and row["processor_equals_callback"] == 1.0
     assert set(row["ms_per_query"]) == {"unconstrained", "processor", "callback"}
     assert report["environment"]["torch"] == torch.__version__ and "| 1e+03 |" in report["table_markdown"]
+
+
+# ---- the compiled trie saved with the retriever --------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def semantic_retriever():
+    from genretrieval.ids.semantic import SemanticIdScheme
+    from genretrieval.modeling.retriever import GenerativeRetriever, ModelConfig, build_model
+    from genretrieval.tokenization import build_tokenizer
+
+    gen = torch.Generator().manual_seed(0)
+    codes = torch.unique(torch.randint(0, 6, (40, 3), generator=gen), dim=0)
+    codes = torch.cat([codes, torch.zeros(len(codes), 1, dtype=torch.long)], 1)  # collision digit column
+    scheme = SemanticIdScheme([f"item-{i}" for i in range(len(codes))], codes.numpy(), codebook_sizes=[6, 6, 6, 2])
+    texts = ["red running shoes", "blue denim jacket", "green tea mug", "wireless mouse black"] * 3
+    tokenizer = build_tokenizer(texts, scheme.new_tokens())
+    torch.manual_seed(0)
+    config = ModelConfig(d_model=32, d_ff=64, num_layers=1, num_decoder_layers=1, num_heads=2, d_kv=16)
+    return GenerativeRetriever(build_model(config, tokenizer).eval(), tokenizer, scheme)
+
+
+def test_vectorised_token_ids_equal_per_item_lookup(semantic_retriever):
+    from genretrieval.decoding import item_token_ids
+
+    scheme, tok = semantic_retriever.id_scheme, semantic_retriever.tokenizer
+    slow = torch.tensor([tok.convert_tokens_to_ids(list(seq)) for seq in scheme.valid_sequences()])
+    assert torch.equal(item_token_ids(scheme, tok), slow)
+
+
+def test_retriever_saves_and_loads_compiled_trie(semantic_retriever, tmp_path, caplog):
+    from genretrieval.decoding.trie import TRIE_FILE
+    from genretrieval.modeling.retriever import GenerativeRetriever
+
+    before = semantic_retriever.search(["red shoes", "tea"], k=3)
+    semantic_retriever.save_pretrained(tmp_path / "r")
+    assert (tmp_path / "r" / TRIE_FILE).is_file()
+    loaded = GenerativeRetriever.from_pretrained(tmp_path / "r")
+    assert loaded._trie is not None  # read from disk, not rebuilt
+    for name, tensor in semantic_retriever.trie.tensors().items():
+        assert torch.equal(loaded.trie.tensors()[name], tensor), name
+    assert loaded.search(["red shoes", "tea"], k=3).item_ids == before.item_ids
+
+    # A directory saved before tries were stored: loads, builds the trie on first use.
+    (tmp_path / "r" / TRIE_FILE).unlink()
+    old = GenerativeRetriever.from_pretrained(tmp_path / "r")
+    assert old._trie is None and old.search(["red shoes", "tea"], k=3).item_ids == before.item_ids
+
+    # A stale or damaged file is ignored (with a warning), never trusted.
+    ItemTrie(torch.tensor([[900, 901]]), EOS).save(tmp_path / "r" / TRIE_FILE, {"fingerprint": "other"})
+    assert GenerativeRetriever.from_pretrained(tmp_path / "r")._trie is None
+    (tmp_path / "r" / TRIE_FILE).write_bytes(b"not a safetensors file")
+    assert GenerativeRetriever.from_pretrained(tmp_path / "r")._trie is None
+    assert "rebuil" in caplog.text

@@ -30,7 +30,7 @@ TRAINING_CONFIG = {"data": {"source": "synthetic"}, "mixture": {"tasks": ["searc
                    "eval": {"exclude_history_items": False}}
 SERVING_FILES = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
                  "id_scheme.json", "genretrieval.json", "catalog_titles.json", "README.md", "training_config.json",
-                 "eval_results.json"}
+                 "eval_results.json", "trie.safetensors"}
 
 
 def build_retriever(titles: bool = True) -> GenerativeRetriever:

@@ -78,7 +78,7 @@ class TrieConstrainedLogitsProcessor(LogitsProcessor):
         return scores
 
     def allowed_mask(self, input_ids: torch.LongTensor, vocab_size: int) -> torch.BoolTensor:
-        """``[rows, vocab_size]`` mask of the tokens each row may emit next (for inspection; decoding never builds it)."""
+        """``[rows, vocab_size]`` mask of the tokens each row may emit next (for inspection and tests)."""
         probe = torch.zeros(input_ids.shape[0], vocab_size, device=input_ids.device)
         renormalize, self.renormalize = self.renormalize, False
         try:

@@ -286,7 +286,7 @@ class ItemTrie:
         return mask
 
     def walk(self, prefixes: torch.LongTensor) -> torch.LongTensor:
-        """Node reached by each row of ``prefixes [B, t]`` (``t <= id_length``; ids per depth); -1 if it left the trie."""
+        """Node reached by each row of ``prefixes [B, t]`` (``t <= id_length``, ids per depth); -1 off the trie."""
         if prefixes.dim() != 2 or prefixes.shape[1] > self.id_length:
             raise ValueError(
                 f"prefixes must be [batch, t] with t <= id_length={self.id_length}, got shape {tuple(prefixes.shape)}"
@@ -372,7 +372,7 @@ class ItemTrie:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> tuple[ItemTrie, dict[str, str]]:
-        """Read a trie written by :meth:`save`; returns it and the file's metadata. Raises ``ValueError`` if malformed."""
+        """Read a trie written by :meth:`save`: returns it and the file's metadata; ``ValueError`` if malformed."""
         from safetensors import safe_open
 
         with safe_open(str(path), framework="pt") as f:
@@ -455,3 +455,46 @@ def _check_duplicates(leaves: torch.LongTensor) -> None:
             f"items at positions {first} and {second} have the same ID; "
             f"{len(same)} duplicate(s) in total (every item needs a distinct ID)"
         )
+
+
+# ---- storing the compiled trie next to a saved retriever ----------------------------------------------------------
+def _fingerprint(directory: Path, tokenizer: Any) -> str:
+    import hashlib
+
+    from genretrieval.ids.base import ID_SCHEME_FILE
+
+    digest = hashlib.sha256((directory / ID_SCHEME_FILE).read_bytes())
+    digest.update(f"|vocab={len(tokenizer)}|eos={tokenizer.eos_token_id}".encode())
+    return digest.hexdigest()
+
+
+def save_retriever_trie(trie: ItemTrie, directory: str | os.PathLike, tokenizer: Any) -> None:
+    """Write ``trie`` as ``trie.safetensors`` into a retriever directory that already holds its ``id_scheme.json``.
+
+    The file records a fingerprint of the scheme file and the tokenizer, so a stale trie is never loaded.
+    """
+    directory = Path(directory)
+    trie.save(directory / TRIE_FILE, {"fingerprint": _fingerprint(directory, tokenizer), "num_items": str(len(trie))})
+
+
+def load_retriever_trie(directory: str | os.PathLike, scheme: ItemIdScheme, tokenizer: Any) -> ItemTrie | None:
+    """The compiled trie saved in a retriever directory, or ``None`` (rebuild it) if absent, stale or unreadable.
+
+    Directories saved before tries were stored have no ``trie.safetensors``: they load as before.
+    """
+    import logging
+
+    directory = Path(directory)
+    path = directory / TRIE_FILE
+    if not path.is_file():
+        return None
+    try:
+        trie, metadata = ItemTrie.load(path)
+    except Exception as exc:  # a damaged cache must not make the model unloadable: it is rebuilt from the scheme
+        logging.getLogger(__name__).warning("ignoring %s (%s); the trie will be rebuilt", path, exc)
+        return None
+    if (metadata.get("fingerprint") != _fingerprint(directory, tokenizer) or len(trie) != len(scheme)
+            or trie.id_length != scheme.id_length):
+        logging.getLogger(__name__).warning("%s does not match id_scheme.json/the tokenizer; rebuilding the trie", path)
+        return None
+    return trie

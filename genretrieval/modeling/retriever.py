@@ -5,6 +5,7 @@ Directory layout written by :meth:`GenerativeRetriever.save_pretrained`::
     config.json, model.safetensors, generation_config.json   # the T5 model (safetensors only)
     tokenizer.json, tokenizer_config.json, ...                # text pieces + task prefixes + ID tokens
     id_scheme.json                                            # item ↔ token sequence
+    trie.safetensors                                          # compiled trie of valid IDs (rebuilt if absent)
     genretrieval.json                                         # input formatting (prefixes, history cap) + version
     catalog_titles.json                                       # optional: item → title, for readable output
     README.md                                                 # generated model card (genretrieval.hub)
@@ -317,6 +318,9 @@ class GenerativeRetriever:
             self.model.save_pretrained(tmp, safe_serialization=True)
             self.tokenizer.save_pretrained(tmp)
             self.id_scheme.save(tmp)
+            from ..decoding.trie import save_retriever_trie
+
+            save_retriever_trie(self.trie, tmp, self.tokenizer)
             settings = {"max_source_length": self.max_source_length, "max_history": self.max_history,
                         "search_prefix": SEARCH_PREFIX, "recommend_prefix": RECOMMEND_PREFIX,
                         "genretrieval_version": _version()}
@@ -339,7 +343,7 @@ class GenerativeRetriever:
 
         A repo id is fetched with ``huggingface_hub.snapshot_download`` (``revision``, ``token``, ``cache_dir``,
         ``local_files_only``); with ``HF_HUB_OFFLINE=1`` it is served from the cache or fails naming the repo.
-        The trie of valid IDs is rebuilt from ``id_scheme.json``.
+        The compiled trie of valid IDs is read from ``trie.safetensors`` (rebuilt from ``id_scheme.json`` if absent).
         """
         from transformers import AutoModelForSeq2SeqLM
 
@@ -379,6 +383,9 @@ class GenerativeRetriever:
                         max_history=settings["max_history"], titles=titles)
         # Kept so that save_pretrained/push_to_hub of a loaded model carry its training config, metrics and card.
         retriever.hub_metadata = read_card_files(directory)
+        from ..decoding.trie import load_retriever_trie
+
+        retriever._trie = load_retriever_trie(directory, retriever.id_scheme, tokenizer)  # None: built on first use
         from .heads.auxiliary import load_heads
 
         retriever.saved_heads = load_heads(directory)
