@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -190,16 +187,24 @@ def test_trie_moves_between_devices():
 
 
 def test_bench_decoding_smoke(tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_decoding_recipe", ROOT / "recipes" / "bench_decoding.py")
+    recipe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(recipe)  # in-process: a subprocess would pay transformers' import again
     out = tmp_path / "bench.json"
-    cmd = [sys.executable, str(ROOT / "recipes" / "bench_decoding.py"), "--sizes", "1e3", "--beams", "4",
-           "--queries", "2", "--batch-size", "2", "--d-model", "32", "--output", str(out)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run(cmd, check=True, cwd=ROOT, capture_output=True, env=env, timeout=120)
+    threads = torch.get_num_threads()
+    try:
+        recipe.main(recipe.parse_args(["--sizes", "1e3", "--beams", "4", "--queries", "2", "--batch-size", "2",
+                                       "--d-model", "32", "--output", str(out)]))
+    finally:
+        torch.set_num_threads(threads)
     report = json.loads(out.read_text())
     (row,) = report["rows"]
     assert row["items"] == 1000 and row["processor_outputs_valid"] == 1.0 and row["processor_equals_callback"] == 1.0
     assert set(row["ms_per_query"]) == {"unconstrained", "processor", "callback"}
     assert report["environment"]["torch"] == torch.__version__ and "| 1e+03 |" in report["table_markdown"]
+    assert row["trie_bytes"] > 0 and row["constraint_ms_per_query"]["processor"] > 0
 
 
 # ---- the compiled trie saved with the retriever --------------------------------------------------------------------
