@@ -8,6 +8,7 @@ from typing import Literal
 from ..data.builders import MixtureConfig, SplitConfig
 from ..data.synthetic import SyntheticConfig
 from ..ids.semantic import SemanticIdConfig
+from ..modeling.heads.auxiliary import HeadSpec
 from ..modeling.retriever import ModelConfig
 from ..tokenization import TextTokenizerConfig
 
@@ -173,6 +174,9 @@ class TrainConfig:
     training: TrainingArguments = field(default_factory=TrainingArguments)
     eval: EvalConfig = field(default_factory=EvalConfig)
     peft: PeftSettings = field(default_factory=PeftSettings)  # LoRA & co. on model.model_name_or_path
+    # Auxiliary JSR / UnifiedSSR / SESRec heads on the shared encoder and item-token rows, e.g.
+    # [{name: jsr, weight: 0.1}]: loss = seq2seq + Σ weight × head loss (docs/heads.md).
+    heads: list[HeadSpec] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.peft.enabled and not self.model.model_name_or_path:

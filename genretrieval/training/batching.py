@@ -85,7 +85,8 @@ def tokenize_examples(dataset: Any, retriever: Any, cache_dir: str | Path | None
 class TokenizedExamples(TorchDataset):
     """Token ids of a tokenised table as flat int64 arrays + offsets (compact; a batch is gathered without Arrow)."""
 
-    def __init__(self, tokenized: Any):
+    def __init__(self, tokenized: Any, with_index: bool = False):
+        self.with_index = with_index  # also yield each row's index (auxiliary heads look the raw example up)
         if tokenized._indices is not None:  # a select()ed view: materialise the order the rows are read in
             tokenized = tokenized.flatten_indices()
         table = tokenized.data.table
@@ -96,12 +97,13 @@ class TokenizedExamples(TorchDataset):
     def __len__(self) -> int:
         return len(self.lengths)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """Source and label ids of one example."""
-        return (self.src[self.src_offsets[index] : self.src_offsets[index + 1]],
+    def __getitem__(self, index: int) -> tuple:
+        """Source and label ids of one example (and its index with ``with_index``)."""
+        item = (self.src[self.src_offsets[index] : self.src_offsets[index + 1]],
                 self.tgt[self.tgt_offsets[index] : self.tgt_offsets[index + 1]])
+        return item + (index,) if self.with_index else item
 
-    def __getitems__(self, indices: Sequence[int]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple]:
         """A batch of examples (DataLoader calls this once per batch instead of once per row)."""
         return [self[i] for i in indices]
 
@@ -119,24 +121,29 @@ def _flat(column: Any) -> tuple[np.ndarray, np.ndarray]:
 
 class PaddingCollator:
     """Pads a batch of ``(source ids, label ids)`` to its own longest row (right padding, labels padded with -100),
-    producing the same tensors the tokenizer would with ``padding=True``."""
+    producing the same tensors the tokenizer would with ``padding=True``. Rows of ``(source, labels, index)`` also
+    give ``example_index`` (the training loop pops it before the forward pass)."""
 
     def __init__(self, pad_token_id: int, label_pad_id: int = -100):
         self.pad_token_id = pad_token_id
         self.label_pad_id = label_pad_id
 
-    def __call__(self, rows: list[tuple[np.ndarray, np.ndarray]]) -> dict[str, torch.Tensor]:
-        src_len = max(len(s) for s, _ in rows)
-        tgt_len = max(len(t) for _, t in rows)
+    def __call__(self, rows: list[tuple]) -> dict[str, torch.Tensor]:
+        """Padded ``input_ids``, ``attention_mask``, ``labels`` (and ``example_index``) of a batch."""
+        src_len = max(len(r[0]) for r in rows)
+        tgt_len = max(len(r[1]) for r in rows)
         input_ids = np.full((len(rows), src_len), self.pad_token_id, dtype=np.int64)
         attention_mask = np.zeros((len(rows), src_len), dtype=np.int64)
         labels = np.full((len(rows), tgt_len), self.label_pad_id, dtype=np.int64)
-        for i, (s, t) in enumerate(rows):
+        for i, (s, t, *_) in enumerate(rows):
             input_ids[i, : len(s)] = s
             attention_mask[i, : len(s)] = 1
             labels[i, : len(t)] = t
-        return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask),
-                "labels": torch.from_numpy(labels)}
+        batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(attention_mask),
+                 "labels": torch.from_numpy(labels)}
+        if len(rows[0]) == 3:
+            batch["example_index"] = torch.tensor([r[2] for r in rows], dtype=torch.long)
+        return batch
 
 
 # ---------------------------------------------------------------------------------------------------------------

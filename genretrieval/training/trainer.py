@@ -139,12 +139,15 @@ def default_num_threads() -> int:
 
 
 def make_train_loader(train_set: Any, retriever: GenerativeRetriever, args: TrainingArguments,
-                      cache_dir: str | Path | None = None, num_processes: int = 1) -> tuple[DataLoader, EpochPermutationSampler]:
+                      cache_dir: str | Path | None = None, num_processes: int = 1,
+                      with_index: bool = False) -> tuple[DataLoader, EpochPermutationSampler]:
     """Pre-tokenised training batches, dynamically padded, length-bucketed when ``args.group_by_length``.
+
+    ``with_index`` adds each batch's ``example_index`` (rows of ``train_set``), which auxiliary heads need.
 
     Returns the loader and its sampler (call ``sampler.set_epoch`` before each epoch).
     """
-    examples = TokenizedExamples(tokenize_examples(train_set, retriever, cache_dir))
+    examples = TokenizedExamples(tokenize_examples(train_set, retriever, cache_dir), with_index=with_index)
     if args.group_by_length:
         # Buckets of one global batch: accelerate deals consecutive per-process batches out to the processes, so N
         # processes × batch B then see exactly the examples one process with batch N×B would see.
@@ -314,12 +317,29 @@ def train(config: TrainConfig, tables: tuple[Any, Any] | None = None) -> dict[st
     log(f"model: {type(retriever.model).__name__}, {n_params / 1e6:.2f}M parameters, vocabulary {len(retriever.tokenizer)}")
     if config.peft.enabled:
         retriever = _apply_adapter(config, retriever, log)
+    aux, train_rows = None, None
+    if config.heads:
+        from ..modeling.heads.auxiliary import AuxiliaryHeads
+
+        if accelerator.num_processes > 1:
+            # The heads' own weights are not wrapped for gradient all-reduce yet: processes would drift apart.
+            raise ValueError("auxiliary heads (config.heads) support single-process training only for now; "
+                             f"got {accelerator.num_processes} processes")
+
+        aux = AuxiliaryHeads(config.heads, retriever, catalog, {t: examples[t]["train"] for t in tasks})
+        retriever.heads = aux
+        train_rows = train_set.to_list()  # the heads build their inputs (histories, earlier searches) from raw rows
+        log("auxiliary heads: " + ", ".join(f"{s.name} (weight {s.weight}, "
+                                             f"{sum(p.numel() for p in aux.heads[s.name].parameters()) / 1e3:.0f}k "
+                                             "parameters)" for s in config.heads))
     # The main process writes the tokenised cache; the others then read it instead of tokenising concurrently.
     with accelerator.main_process_first():
         loader, sampler = make_train_loader(train_set, retriever, args,
                                             output_dir / CACHE_DIR if args.cache_tokenized else None,
-                                            num_processes=accelerator.num_processes)
+                                            num_processes=accelerator.num_processes, with_index=aux is not None)
     trainable = [p for p in retriever.model.parameters() if p.requires_grad]
+    if aux is not None:
+        trainable += list(aux.heads.parameters())
     optimizer = torch.optim.AdamW(trainable, lr=args.learning_rate, weight_decay=args.weight_decay,
                                   fused=args.adamw_fused or None)
     batches_per_epoch = math.ceil(len(loader) / accelerator.num_processes) if accelerator.num_processes > 1 else len(loader)
@@ -330,6 +350,12 @@ def train(config: TrainConfig, tables: tuple[Any, Any] | None = None) -> dict[st
                               num_training_steps=total_steps * accelerator.num_processes)
     model, optimizer, loader, scheduler = accelerator.prepare(retriever.model, optimizer, loader, scheduler)
     retriever.model = model
+    head_generator = None
+    if aux is not None:
+        aux.to(accelerator.device)
+        aux.set_model(accelerator.unwrap_model(model))
+        accelerator.register_for_checkpointing(aux.heads)  # resumed runs restore the heads too
+        head_generator = torch.Generator().manual_seed(args.seed)  # negatives of the heads' losses
     eval_every = args.eval_every or steps_per_epoch
     save_every = args.save_every or steps_per_epoch
 
@@ -404,10 +430,15 @@ def train(config: TrainConfig, tables: tuple[Any, Any] | None = None) -> dict[st
         epoch_loader = accelerator.skip_first_batches(loader, skip) if skip > 0 else loader
         for batch in epoch_loader:
             with accelerator.accumulate(model):
+                index = batch.pop("example_index", None)
                 loss = model(**batch).loss
+                if aux is not None:
+                    head_loss, _ = aux([train_rows[i] for i in index.tolist()], head_generator)
+                    loss = loss + head_loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+                    accelerator.clip_grad_norm_(trainable if aux is not None else model.parameters(),
+                                                args.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
@@ -466,6 +497,10 @@ def train(config: TrainConfig, tables: tuple[Any, Any] | None = None) -> dict[st
     best_dir = output_dir / "best"
     if best_dir.is_dir():
         _restore_best(accelerator.unwrap_model(model), best_dir)
+        if aux is not None and (best_dir / "heads.safetensors").is_file():
+            from safetensors.torch import load_file
+
+            aux.heads.load_state_dict(load_file(str(best_dir / "heads.safetensors")))
     model = _merge_adapter_before_saving(accelerator, retriever, model, output_dir)
     test_requests = _validation_requests(retriever, examples, tasks, "test", config, None)
     test_metrics = _evaluate(retriever, test_requests, config, accelerator, progress=accelerator.is_main_process)
