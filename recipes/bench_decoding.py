@@ -2,11 +2,11 @@
 
 Synthetic semantic-ID catalogs (3 levels x 256 codes + a collision digit, skewed codes so prefixes are shared as
 with RQ-k-means), a tiny random T5 built from its config (nothing is downloaded) and random queries. For every size
-and beam width, the three decoders run on the same query batches, interleaved batch by batch so that machine load
-hits them alike; results are ratios measured in one run::
+and beam width, the three decoders run on the same query batches, interleaved batch by batch in rotating order;
+results are ratios measured in one run, on CPU time of this process (wall time is recorded too)::
 
-    OMP_NUM_THREADS=1 python recipes/bench_decoding.py --sizes 1e3 1e4 1e5 1e6 --beams 10 20 --queries 64 \
-        --output results_decoding.json
+    OMP_NUM_THREADS=1 python recipes/bench_decoding.py --sizes 1e3 1e4 1e5 1e6 --beams 10 20 --queries 512 \
+        --output runs/bench_decoding/bench_decoding.json
 
 The Python-callback baseline (GENRE's ``prefix_allowed_tokens_fn`` over a nested-dict trie) is slow, so it runs on
 at most ``--callback-queries`` queries and is skipped above ``--callback-max-items`` (both recorded in the JSON).
@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -35,7 +36,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="catalog sizes (1e3 notation allowed)")
     p.add_argument("--beams", nargs="+", type=int, default=[10, 20], help="beam widths")
     p.add_argument("--queries", type=int, default=64, help="queries per size and beam width")
-    p.add_argument("--batch-size", type=int, default=16, help="queries per generate() call")
+    p.add_argument("--batch-size", type=int, default=64, help="queries per generate() call (retrieve's default)")
     p.add_argument("--callback-queries", type=int, default=32, help="cap on queries for the Python callback")
     p.add_argument("--callback-max-items", type=lambda s: int(float(s)), default=1_000_000,
                    help="skip the Python callback for larger catalogs (its trie build alone takes seconds)")
@@ -128,6 +129,30 @@ def callback_fn(trie: DictTrie, eos: int, id_length: int):
     return allowed
 
 
+def time_from_scheme(raw: torch.LongTensor, text_vocab: int, expected: torch.LongTensor) -> float:
+    """Seconds of ``ItemTrie.from_scheme`` (token lookup + build) for a SemanticIdScheme over ``raw`` codes.
+
+    The tokenizer is an in-memory T5 one with ``text_vocab`` pieces and the scheme's tokens added, so token ids match
+    :func:`to_token_ids`; the trie's codes are checked against ``expected``.
+    """
+    from transformers import T5Tokenizer
+
+    from genretrieval.decoding import ItemTrie
+    from genretrieval.ids.semantic import SemanticIdScheme
+
+    sizes = [256] * (raw.shape[1] - 1) + [int(raw[:, -1].max()) + 1]
+    scheme = SemanticIdScheme([f"i{p}" for p in range(len(raw))], raw.numpy(), codebook_sizes=sizes)
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)] + [(f"▁w{i}", -1.0) for i in range(text_vocab - 3)]
+    tokenizer = T5Tokenizer(vocab=pieces, extra_ids=0)
+    tokenizer.add_tokens(scheme.new_tokens())
+    start = time.perf_counter()
+    trie = ItemTrie.from_scheme(scheme, tokenizer)
+    seconds = time.perf_counter() - start
+    if not torch.equal(trie.codes, expected):
+        raise RuntimeError("from_scheme gave other token ids than the benchmark's own mapping")
+    return seconds
+
+
 # ---- model -------------------------------------------------------------------------------------------------------
 def tiny_t5(vocab_size: int, d_model: int, layers: int, seed: int) -> torch.nn.Module:
     """Random T5 from its config (pad 0, eos 1, decoder start = pad)."""
@@ -188,11 +213,13 @@ def bench_size(size: int, args: argparse.Namespace) -> list[dict[str, Any]]:
 
     from genretrieval.decoding import ItemTrie, TrieConstrainedLogitsProcessor
 
-    codes, vocab = to_token_ids(synthetic_codes(size, seed=args.seed), args.text_vocab)
+    raw = synthetic_codes(size, seed=args.seed)
+    codes, vocab = to_token_ids(raw, args.text_vocab)
     id_length = codes.shape[1]
     start = time.perf_counter()
     trie = ItemTrie(codes, eos_token_id=1)
     build_s = time.perf_counter() - start
+    from_scheme_s = time_from_scheme(raw, args.text_vocab, codes)
     processor = TrieConstrainedLogitsProcessor(trie, pad_token_id=0)
 
     run_callback = size <= args.callback_max_items
@@ -224,19 +251,23 @@ def bench_size(size: int, args: argparse.Namespace) -> list[dict[str, Any]]:
                 generate(model, batches[0][:2], beams, id_length, **extra[method])
             for t in timed.values():
                 t.seconds = 0.0
-            seconds = {m: 0.0 for m in METHODS}
+            seconds: dict[str, list[float | None]] = {m: [] for m in METHODS}  # CPU seconds per batch, None = not run
             wall = {m: 0.0 for m in METHODS}
             counted = {m: 0 for m in METHODS}
             valid = agree = compared = total = 0
             for index, batch in enumerate(batches):
-                # Interleaved per batch so that load from other processes affects every method alike.
+                # Interleaved per batch, in rotating order, so that load from other processes and cache effects of
+                # the previous run hit every method alike.
                 outputs = {}
-                for method in extra:
+                order = list(extra)
+                for method in METHODS:
+                    seconds[method].append(None)
+                for method in order[index % len(order) :] + order[: index % len(order)]:
                     if method == "callback" and index >= callback_batches:
                         continue
                     start, start_wall = time.process_time(), time.perf_counter()
                     outputs[method] = generate(model, batch, beams, id_length, **extra[method])
-                    seconds[method] += time.process_time() - start
+                    seconds[method][-1] = time.process_time() - start
                     wall[method] += time.perf_counter() - start_wall
                     counted[method] += len(batch)
                 found = trie.lookup(outputs["processor"][:, 1 : 1 + id_length])
@@ -247,8 +278,13 @@ def bench_size(size: int, args: argparse.Namespace) -> list[dict[str, Any]]:
                     agree += int((outputs["callback"] == outputs["processor"]).all(1).sum()) if same else 0
                     compared += len(found)
         inside = {m: 1000 * t.seconds / counted[m] for m, t in timed.items()}
-        ms = {m: 1000 * seconds[m] / counted[m] if counted[m] else None for m in METHODS}
-        overhead = {m: ms[m] - ms["unconstrained"] if ms[m] is not None else None for m in ("processor", "callback")}
+        ms = {m: 1000 * sum(x for x in seconds[m] if x is not None) / counted[m] if counted[m] else None
+              for m in METHODS}
+        paired = {m: _paired(seconds[m], seconds["unconstrained"]) for m in ("processor", "callback")}
+        # End-to-end overheads on the batches all three methods ran (the callback's capped subset): same queries.
+        common = [i for i, x in enumerate(seconds["callback"]) if x is not None]
+        overhead = {m: sum(seconds[m][i] - seconds["unconstrained"][i] for i in common)
+                    for m in ("processor", "callback")}
         rows.append({
             "items": size, "beams": beams, "id_length": id_length, "vocab_size": vocab,
             "queries": {m: counted[m] for m in METHODS},
@@ -257,20 +293,31 @@ def bench_size(size: int, args: argparse.Namespace) -> list[dict[str, Any]]:
             "constraint_ms_per_query": {m: inside.get(m) for m in ("processor", "callback")},
             "constraint_ratio_callback_over_processor": (inside["callback"] / inside["processor"]
                                                          if "callback" in inside else None),
-            "ratio_to_unconstrained": {m: ms[m] / ms["unconstrained"] if ms[m] is not None else None
-                                       for m in ("processor", "callback")},
-            "overhead_ms_per_query": overhead,
-            # The processor's overhead can be within timing noise of zero; the ratio is then reported as None.
+            # Sum of the method's batch times over the unconstrained times of the same batches.
+            "ratio_to_unconstrained": {m: paired[m][0] for m in paired},
+            # Median over batches of the per-batch ratio: robust to a batch slowed down by other jobs.
+            "median_batch_ratio_to_unconstrained": {m: paired[m][1] for m in paired},
+            "overhead_ms_per_query_on_callback_queries": {m: 1000 * v / max(1, sum(len(batches[i]) for i in common))
+                                                          for m, v in overhead.items()} if common else None,
+            # The processor's overhead can be within timing noise of zero or below; the ratio is then None.
             "callback_overhead_over_processor_overhead": (overhead["callback"] / overhead["processor"]
-                                                          if overhead["callback"] is not None
-                                                          and overhead["processor"] > 0 else None),
+                                                          if common and overhead["processor"] > 0 else None),
             "processor_outputs_valid": valid / total,
             "processor_equals_callback": agree / compared if compared else None,
-            "trie_build_s": build_s, "trie_bytes": trie.nbytes, "trie_bytes_per_item": trie.nbytes / size,
+            "trie_build_s": build_s, "trie_from_scheme_s": from_scheme_s, "trie_bytes": trie.nbytes,
+            "trie_bytes_per_item": trie.nbytes / size,
             "trie_dense_depth": trie.dense_depth, "callback_trie_build_s": callback_build_s,
             "callback_skipped": not run_callback,
         })  # fmt: skip
     return rows
+
+
+def _paired(method: list[float | None], floor: list[float | None]) -> tuple[float | None, float | None]:
+    pairs = [(m, f) for m, f in zip(method, floor) if m is not None and f is not None]
+    if not pairs:
+        return None, None
+    ratios = sorted(m / f for m, f in pairs)
+    return sum(m for m, _ in pairs) / sum(f for _, f in pairs), statistics.median(ratios)
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
@@ -279,19 +326,22 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     def f(value: float | None, spec: str) -> str:
         return "–" if value is None else format(value, spec)
 
-    lines = ["| items | beams | unconstr. ms/q | processor ms/q | callback ms/q | processor / unconstr. | "
+    lines = ["| items | beams | unconstr. ms/q | processor ms/q | callback ms/q | processor / unconstr. (median) | "
              "callback / unconstr. | overhead ratio end-to-end | constraint ms/q processor | constraint ms/q callback "
-             "| constraint ratio | trie build s | trie B/item |",
-             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| constraint ratio | trie build s | from scheme s | trie B/item |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         ms, ratio, inside = r["ms_per_query"], r["ratio_to_unconstrained"], r["constraint_ms_per_query"]
+        median = r["median_batch_ratio_to_unconstrained"]
         over = r["callback_overhead_over_processor_overhead"]
         over_text = f(over, ".0f") if over is not None else ("processor ≤ floor" if ms["callback"] else "–")
         lines.append(
             f"| {r['items']:.0e} | {r['beams']} | {f(ms['unconstrained'], '.2f')} | {f(ms['processor'], '.2f')} | "
-            f"{f(ms['callback'], '.2f')} | {f(ratio['processor'], '.3f')} | {f(ratio['callback'], '.2f')} | "
+            f"{f(ms['callback'], '.2f')} | {f(ratio['processor'], '.3f')} ({f(median['processor'], '.3f')}) | "
+            f"{f(ratio['callback'], '.2f')} | "
             f"{over_text} | {f(inside['processor'], '.3f')} | {f(inside['callback'], '.2f')} | "
             f"{f(r['constraint_ratio_callback_over_processor'], '.0f')} | {r['trie_build_s']:.2f} | "
+            f"{r['trie_from_scheme_s']:.2f} | "
             f"{r['trie_bytes_per_item']:.1f} |"
         )
     return "\n".join(lines)
@@ -308,7 +358,10 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         "environment": environment(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "notes": [f"the Python callback runs on at most {args.callback_queries} queries per row",
+        "notes": ["ms_per_query is CPU time of this process (time.process_time), robust to other jobs on the machine; "
+                  "wall_ms_per_query is wall-clock time",
+                  "constraint_ms_per_query is CPU time spent inside the logits processor alone",
+                  f"the Python callback runs on at most {args.callback_queries} queries per row",
                   f"the Python callback is skipped for catalogs above {args.callback_max_items} items"],
         "rows": [],
     }
