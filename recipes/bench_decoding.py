@@ -21,6 +21,7 @@ import platform
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -117,10 +118,11 @@ class DictTrie:
         return list(node)
 
 
-def callback_fn(trie: DictTrie, eos: int, id_length: int):
+def callback_fn(trie: DictTrie, eos: int, id_length: int) -> Callable[[int, torch.Tensor], list[int]]:
     """``prefix_allowed_tokens_fn`` as GENRE writes it: decoder start token dropped, eos after a complete ID."""
 
     def allowed(batch_id: int, input_ids: torch.Tensor) -> list[int]:
+        """Allowed next tokens of one beam (``batch_id`` unused: one catalog for all queries)."""
         prefix = input_ids.tolist()[1:]
         if len(prefix) >= id_length:
             return [eos]
@@ -182,6 +184,7 @@ class TimedProcessor:
         self.seconds = 0.0
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        """The wrapped processor's output; its CPU time is added to :attr:`seconds`."""
         start = time.process_time()
         out = self.inner(input_ids, scores)
         self.seconds += time.process_time() - start
@@ -358,7 +361,9 @@ def main(args: argparse.Namespace) -> dict[str, Any]:
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         "environment": environment(),
         "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "notes": ["ms_per_query is CPU time of this process (time.process_time), robust to other jobs on the machine; "
+        "notes": ["run with OMP_NUM_THREADS=1 on a shared machine: other jobs may be running (see "
+                  "environment.load_average_at_start); methods are interleaved per batch so load hits them alike",
+                  "ms_per_query is CPU time of this process (time.process_time), robust to other jobs on the machine; "
                   "wall_ms_per_query is wall-clock time",
                   "constraint_ms_per_query is CPU time spent inside the logits processor alone",
                   f"the Python callback runs on at most {args.callback_queries} queries per row",
