@@ -103,3 +103,22 @@ def test_cold_start_cut_averages_only_the_cold_requests():
     assert block["models"]["Pop"]["recall@10"]["per_seed"] == [0.5, 0.5]
     assert out["results"]["d"]["recommend"]["full"]["models"]["Pop"]["recall@10"]["mean"] == 0.5
     assert "search" not in out["cold_start"]["results"]["d"]
+
+
+def test_generative_overrides_reach_the_training_config(tmp_path):
+    """A suite can attach auxiliary heads to a generative model (issue 5: head as an auxiliary loss)."""
+    from genretrieval.benchmark.runner import generative_config
+    from genretrieval.benchmark.suite import DatasetSpec, ModelSpec, SuiteConfig
+
+    spec = ModelSpec(name="Gen-R+S+JSR", tasks=["search", "recommend"],
+                     overrides={"heads": [{"name": "jsr", "weight": 0.1, "params": {"dropout": 0.0}}],
+                                "training.num_epochs": 2})
+    suite = SuiteConfig(name="t", seeds=[3], datasets=[DatasetSpec(name="d", source="synthetic")], models=[spec],
+                        generative_defaults={"training.num_epochs": 5, "training.num_threads": 1})
+    config = generative_config(spec, suite.datasets[0], suite, 3, tmp_path)
+    assert [(h.name, h.weight, h.params) for h in config.heads] == [("jsr", 0.1, {"dropout": 0.0})]
+    assert config.training.num_epochs == 2 and config.training.num_threads == 1 and config.training.seed == 3
+    assert config.mixture.tasks == ["search", "recommend"] and config.training.output_dir == str(tmp_path)
+    bad = ModelSpec(name="bad", overrides={"heads": [{"nme": "jsr"}]})
+    with pytest.raises((ValueError, TypeError), match="nme"):
+        generative_config(bad, suite.datasets[0], suite, 0, tmp_path)

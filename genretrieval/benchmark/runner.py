@@ -117,12 +117,11 @@ def _dotted_to_nested(flat: dict[str, Any]) -> dict[str, Any]:
     return nested
 
 
-def train_generative(spec: ModelSpec, dataset: DatasetSpec, suite: SuiteConfig, seed: int, tables: tuple[Any, Any],
-                     run_dir: Path) -> tuple[Any, dict[str, Any]]:
-    """Train a generative model through the same loop as recipes/train.py; returns (retriever, its metrics.json)."""
+def generative_config(spec: ModelSpec, dataset: DatasetSpec, suite: SuiteConfig, seed: int, run_dir: Path) -> Any:
+    """The ``TrainConfig`` of one generative run: suite defaults, then the model's overrides (``heads`` included),
+    then what the suite fixes (split, tasks, seed, output directory)."""
     from ..config import deep_merge
-    from ..modeling import GenerativeRetriever
-    from ..training import TrainConfig, train
+    from ..training import TrainConfig
 
     values = deep_merge(_dotted_to_nested(suite.generative_defaults), _dotted_to_nested(spec.overrides))
     values = deep_merge(values, {
@@ -131,8 +130,16 @@ def train_generative(spec: ModelSpec, dataset: DatasetSpec, suite: SuiteConfig, 
         "training": {"seed": seed, "output_dir": str(run_dir), "save_total_limit": 1},
         "eval": {"num_examples_to_show": 0, "exclude_history_items": suite.exclude_history},
     })
-    config = build_dataclass(TrainConfig, values, prefix=f"models[{spec.name}]")
-    result = train(config, tables=tables)
+    return build_dataclass(TrainConfig, values, prefix=f"models[{spec.name}]")
+
+
+def train_generative(spec: ModelSpec, dataset: DatasetSpec, suite: SuiteConfig, seed: int, tables: tuple[Any, Any],
+                     run_dir: Path) -> tuple[Any, dict[str, Any]]:
+    """Train a generative model through the same loop as recipes/train.py; returns (retriever, its metrics.json)."""
+    from ..modeling import GenerativeRetriever
+    from ..training import train
+
+    result = train(generative_config(spec, dataset, suite, seed, run_dir), tables=tables)
     return GenerativeRetriever.from_pretrained(run_dir / "model"), result
 
 
