@@ -60,8 +60,10 @@ def build_id_scheme(config: TrainConfig, catalog: Any, examples: dict[str, Any],
     """The item-ID scheme: that of the trained retriever in ``model.model_name_or_path`` if it has one (its ID tokens
     are what the model learned), else the one of ``config.ids``: atomic, a saved semantic scheme, or codes learned now."""
     model_dir, path = config.model.model_name_or_path, config.ids.path
+    scheme = None
     if model_dir and (Path(model_dir) / ID_SCHEME_FILE).is_file():
-        if path and load_id_scheme(path) != load_id_scheme(model_dir):
+        scheme = load_id_scheme(model_dir)
+        if path and load_id_scheme(path) != scheme:
             raise ValueError(f"ids.path {path!r} is not the item-ID scheme of the model in {model_dir!r}; "
                              "drop ids.path to reuse the model's scheme")
         log(f"item IDs: reusing the scheme of {model_dir} (ids.name/ids.path are ignored)")
@@ -69,7 +71,7 @@ def build_id_scheme(config: TrainConfig, catalog: Any, examples: dict[str, Any],
     elif config.ids.name == "atomic":
         return AtomicIdScheme(catalog["item_id"])
     if path:
-        scheme = load_id_scheme(path)
+        scheme = scheme if scheme is not None else load_id_scheme(path)
         missing = [i for i in catalog["item_id"] if i not in scheme]
         if missing or len(scheme) != len(catalog):
             raise ValueError(f"the item-ID scheme in {path!r} ({len(scheme)} items) does not cover the "
