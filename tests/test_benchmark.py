@@ -45,6 +45,8 @@ def test_smoke_suite_writes_results_table_and_plots_and_resumes(tmp_path):
                  "synthetic-tiny-train-loss.png", "synthetic-tiny-item-tsne.png"):
         assert (out / "plots" / name).stat().st_size > 1000, name
     assert results["results"] == saved["results"]
+    sasrec = json.loads((out / "runs" / "synthetic-tiny" / "SASRec" / "seed0.json").read_text())
+    assert sasrec["training_log"] and all("loss" in entry for entry in sasrec["training_log"])
     # Resume: finished runs are read back, not recomputed.
     stamps = {p: p.stat().st_mtime_ns for p in (out / "runs").rglob("seed*.json")}
     assert len(stamps) == 8

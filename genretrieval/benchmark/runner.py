@@ -167,6 +167,8 @@ def run_one(spec: ModelSpec, dataset: DatasetSpec, suite: SuiteConfig, seed: int
         tasks = [t for t in ("search", "recommend") if t in retriever.supported_tasks and len(examples[t]["train"])]
         retriever.fit(tables[0], {t: examples[t]["train"] for t in tasks},
                       {t: examples[t]["validation"] for t in tasks}, seed=seed)
+        # Trained baselines keep one entry per epoch (loss, validation metric): how long they ran, and where they peaked.
+        record["training_log"] = list(getattr(retriever, "training_log", []))
     record["fit_seconds"] = round(time.time() - started, 1)
     record["tasks"] = tasks
     record["metrics"], record["per_request"] = {}, {}
