@@ -45,6 +45,11 @@ def test_smoke_suite_writes_results_table_and_plots_and_resumes(tmp_path):
                  "synthetic-tiny-train-loss.png", "synthetic-tiny-item-tsne.png"):
         assert (out / "plots" / name).stat().st_size > 1000, name
     assert results["results"] == saved["results"]
+    pairs = {(c["task"], c["protocol"], c["a"], c["b"]) for c in saved["comparisons"]}
+    assert ("search", "full", "Gen-R+S", "Gen-S") in pairs and ("recommend", "sampled", "SASRec", "Pop") in pairs
+    assert ("search", "full", "Gen-R+S", "Gen-R") not in pairs  # Gen-R has no search results
+    assert all(0.0 <= c["p_value"] <= 1.0 and c["seeds_a"] == 1 for c in saved["comparisons"])
+    assert "## Comparisons" in markdown and "| Gen-R+S | Gen-S |" in markdown
     sasrec = json.loads((out / "runs" / "synthetic-tiny" / "SASRec" / "seed0.json").read_text())
     assert sasrec["training_log"] and all("loss" in entry for entry in sasrec["training_log"])
     # Resume: finished runs are read back, not recomputed.
@@ -68,6 +73,8 @@ def test_smoke_suite_writes_results_table_and_plots_and_resumes(tmp_path):
         (["--reference_model", "Nope"], "reference_model 'Nope'"),
         (["--modelz", "[]"], "unknown config key 'modelz'"),
         (["--only", "[Nope]"], "not in the suite: ['Nope']"),
+        (["--comparisons", "[[Gen-S, Nope]]"], "not in the suite: ['Nope']"),
+        (["--comparisons", "[[Gen-S]]"], "two different models"),
     ],
 )
 def test_bad_suite_configs_fail_with_a_message(override, message, tmp_path, capsys):

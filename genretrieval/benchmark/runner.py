@@ -277,6 +277,7 @@ def aggregate(suite: SuiteConfig, records: list[dict[str, Any]], dataset_info: d
     reference = suite.reference_model or next((m.name for m in suite.models if m.kind == "generative"
                                                and len(m.tasks) == 2), suite.models[0].name)
     table: dict[str, Any] = {}
+    comparisons: list[dict[str, Any]] = []
     for dataset in suite.datasets:
         for task in ("search", "recommend"):
             for protocol in suite.protocols:
@@ -307,6 +308,14 @@ def aggregate(suite: SuiteConfig, records: list[dict[str, Any]], dataset_info: d
                         tests[name] = {m: paired_t_test(per_request_mean[reference][m], values[m])
                                        for m in values if m in per_request_mean[reference]}
                 table.setdefault(dataset.name, {}).setdefault(task, {})[protocol] = {"models": rows, "paired_tests": tests}
+                main = MAIN_METRIC[protocol]
+                for a, b in suite.comparisons:
+                    if a in per_request_mean and b in per_request_mean and main in per_request_mean[a]:
+                        test = paired_t_test(per_request_mean[a][main], per_request_mean[b][main])
+                        comparisons.append({"dataset": dataset.name, "task": task, "protocol": protocol,
+                                            "a": a, "b": b, "metric": main, "mean_a": rows[a][main]["mean"],
+                                            "mean_b": rows[b][main]["mean"], "seeds_a": len(rows[a][main]["per_seed"]),
+                                            "seeds_b": len(rows[b][main]["per_seed"]), **test})
     cold_table: dict[str, Any] = {}
     for dataset_name, tasks in (cold or {}).items():
         for task, index in tasks.items():
@@ -337,6 +346,7 @@ def aggregate(suite: SuiteConfig, records: list[dict[str, Any]], dataset_info: d
         "models": [asdict(m) for m in suite.models],
         "results": table,
         "cold_start": {"max_train_examples": suite.cold_start_max_train, "results": cold_table},
+        "comparisons": comparisons,
         "runs": [{k: v for k, v in r.items() if k not in ("per_request", "log_history")} for r in records],
         "environment": _environment(),
     }
@@ -388,6 +398,16 @@ def to_markdown(results: dict[str, Any]) -> str:
             for model, vals in block["models"].items():
                 lines.append(f"| {model} | " + " | ".join(f"{vals[m]['mean']:.4f}" for m in metrics) + " |")
             lines.append("")
+    if results.get("comparisons"):
+        lines += ["## Comparisons", "", "Paired t-test over test requests (per-request metric averaged over each model's "
+                  "seeds); a > b means the first model scored higher.", "",
+                  "| dataset | task | protocol | metric | a | b | mean a | mean b | a − b | p | seeds a/b |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+        for c in results["comparisons"]:
+            lines.append(f"| {c['dataset']} | {c['task']} | {c['protocol']} | {c['metric']} | {c['a']} | {c['b']} | "
+                         f"{c['mean_a']:.4f} | {c['mean_b']:.4f} | {c['mean_a'] - c['mean_b']:+.4f} | "
+                         f"{c['p_value']:.3g} | {c['seeds_a']}/{c['seeds_b']} |")
+        lines.append("")
     return "\n".join(lines)
 
 

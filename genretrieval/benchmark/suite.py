@@ -105,6 +105,9 @@ class SuiteConfig:
     # Run only these models now (e.g. --only "[Gen-R]" to add a seed to one model on a time box); finished runs of
     # the others are still read and reported. Empty = run everything.
     only: list[str] = field(default_factory=list)
+    # Extra paired tests [model_a, model_b] (a claim "a beats b", e.g. [JSR, JSR-S]), per task and protocol both
+    # models ran; reported under results.json "comparisons" and in results.md.
+    comparisons: list[list[str]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.seeds:
@@ -120,5 +123,13 @@ class SuiteConfig:
         unknown = sorted(set(self.only) - {m.name for m in self.models})
         if unknown:
             raise ValueError(f"only names models that are not in the suite: {unknown}")
+        names = {m.name for m in self.models}
+        for pair in self.comparisons:
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2 or pair[0] == pair[1]:
+                raise ValueError(f"comparisons: each entry must be [model_a, model_b] with two different models, "
+                                 f"got {pair!r}")
+            missing = [n for n in pair if n not in names]
+            if missing:
+                raise ValueError(f"comparisons: {pair!r} names models that are not in the suite: {missing}")
         if self.depth < max(self.ks):
             raise ValueError(f"depth ({self.depth}) must be at least the largest cut-off ({max(self.ks)})")
