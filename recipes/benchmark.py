@@ -20,30 +20,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def parse_args(argv: Sequence[str]):
     """Suite YAML path (first) + ``--key value`` overrides (``--data_root DIR`` resolves dataset paths)."""
-    from pathlib import Path
-
-    from genretrieval.benchmark import SuiteConfig
-    from genretrieval.config import ConfigError, build_dataclass, deep_merge, load_yaml, parse_overrides
+    from genretrieval.benchmark.suite import load_suite, split_data_root
 
     argv = list(argv)
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         raise SystemExit(0 if argv else 2)
-    path, rest = argv[0], argv[1:]
-    data_root = None
-    if "--data_root" in rest:
-        i = rest.index("--data_root")
-        if i + 1 >= len(rest):
-            raise ConfigError("--data_root needs a directory")
-        data_root = rest[i + 1]
-        del rest[i : i + 2]
-    values = deep_merge(load_yaml(path), parse_overrides(rest))
-    if data_root is not None:
-        for ds in values.get("datasets", []):
-            for key in ("path", "catalog_path", "interactions_path"):
-                if ds.get(key) and not os.path.isabs(ds[key]):
-                    ds[key] = str(Path(data_root) / ds[key])
-    return build_dataclass(SuiteConfig, values)
+    rest, data_root = split_data_root(argv[1:])
+    return load_suite(argv[0], rest, data_root)
 
 
 def main(argv: Sequence[str] | None = None) -> dict:

@@ -18,7 +18,7 @@ import time
 import typing
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +201,37 @@ def _item_embeddings(retriever: Any) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------------
 # the suite
 # ---------------------------------------------------------------------------------------------------------------
+@dataclass
+class PreparedDataset:
+    """One dataset of a suite, loaded and split exactly as every run of the suite sees it."""
+
+    catalog: Any
+    interactions: Any
+    info: dict[str, Any]  # statistics written to results.json (plus "popularity": training examples per item)
+    examples: dict[str, Any]  # task -> split -> examples table
+    requests: dict[str, list[Request]]  # task -> test requests (search grouped per query)
+    interacted: dict[str, set[str]]  # user -> every item they interacted with (sampled-protocol negatives avoid them)
+    cold: dict[str, list[int]]  # task -> indices of the cold-start requests
+
+
+def prepare_dataset(dataset: DatasetSpec, suite: SuiteConfig) -> PreparedDataset:
+    """Load, split and group the test requests of one dataset (shared by the suite runner and recipes/evaluate_saved.py)."""
+    catalog, interactions, info = load_dataset(dataset)
+    examples = build_examples(catalog, interactions, dataset.split)
+    info["examples"] = {t: {s: len(examples[t][s]) for s in examples[t]} for t in examples}
+    info["popularity"] = _popularity(examples, list(catalog["item_id"])).tolist()
+    requests = {t: group_requests(examples[t]["test"], _source_for, exclude_history=suite.exclude_history)
+                for t in ("search", "recommend")}
+    train_count = dict(zip(catalog["item_id"], info["popularity"]))
+    cold = {t: [i for i, r in enumerate(requests[t])
+                if all(train_count.get(item, 0) <= suite.cold_start_max_train for item in r.relevant)]
+            for t in requests}
+    interacted: dict[str, set[str]] = {}
+    for user, item in zip(interactions["user_id"], interactions["item_id"]):
+        interacted.setdefault(user, set()).add(item)
+    return PreparedDataset(catalog, interactions, info, examples, requests, interacted, cold)
+
+
 def run_suite(suite: SuiteConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run (or resume) every run of the suite and write results.json, results.md and plots."""
     from tqdm.auto import tqdm
@@ -215,20 +246,11 @@ def run_suite(suite: SuiteConfig, log: Callable[[str], None] = print) -> dict[st
         pending = [(m, s) for m in suite.models for s in suite.seeds
                    if not (out / "runs" / dataset.name / m.slug / f"seed{s}.json").is_file()
                    and (not suite.only or m.name in suite.only)]
-        catalog, interactions, info = load_dataset(dataset)
-        examples = build_examples(catalog, interactions, dataset.split)
-        info["examples"] = {t: {s: len(examples[t][s]) for s in examples[t]} for t in examples}
-        info["popularity"] = _popularity(examples, list(catalog["item_id"])).tolist()
+        prepared = prepare_dataset(dataset, suite)
+        catalog, interactions, info = prepared.catalog, prepared.interactions, prepared.info
+        examples, requests, interacted = prepared.examples, prepared.requests, prepared.interacted
         dataset_info[dataset.name] = info
-        requests = {t: group_requests(examples[t]["test"], _source_for, exclude_history=suite.exclude_history)
-                    for t in ("search", "recommend")}
-        train_count = dict(zip(catalog["item_id"], info["popularity"]))
-        cold[dataset.name] = {t: [i for i, r in enumerate(requests[t])
-                                  if all(train_count.get(item, 0) <= suite.cold_start_max_train for item in r.relevant)]
-                              for t in requests}
-        interacted: dict[str, set[str]] = {}
-        for user, item in zip(interactions["user_id"], interactions["item_id"]):
-            interacted.setdefault(user, set()).add(item)
+        cold[dataset.name] = prepared.cold
         log(f"[{dataset.name}] {info['items']} items, {info['users']} users, "
             f"{info['rec_interactions']} rec + {info['search_interactions']} search interactions; "
             f"test requests: search {len(requests['search'])}, recommend {len(requests['recommend'])}")

@@ -133,3 +133,34 @@ class SuiteConfig:
                 raise ValueError(f"comparisons: {pair!r} names models that are not in the suite: {missing}")
         if self.depth < max(self.ks):
             raise ValueError(f"depth ({self.depth}) must be at least the largest cut-off ({max(self.ks)})")
+
+
+def load_suite(path: str, overrides: list[str] | None = None, data_root: str | None = None) -> SuiteConfig:
+    """A suite from its YAML file, ``--key value`` overrides applied, dataset paths made relative to ``data_root``."""
+    import os
+    from pathlib import Path
+
+    from ..config import build_dataclass, deep_merge, load_yaml, parse_overrides
+
+    values = deep_merge(load_yaml(path), parse_overrides(list(overrides or [])))
+    if data_root is not None:
+        for ds in values.get("datasets", []):
+            for key in ("path", "catalog_path", "interactions_path"):
+                if ds.get(key) and not os.path.isabs(ds[key]):
+                    ds[key] = str(Path(data_root) / ds[key])
+    return build_dataclass(SuiteConfig, values)
+
+
+def split_data_root(argv: list[str]) -> tuple[list[str], str | None]:
+    """Remove ``--data_root DIR`` from command-line arguments; returns (the rest, DIR or None)."""
+    from ..config import ConfigError
+
+    rest = list(argv)
+    if "--data_root" not in rest:
+        return rest, None
+    i = rest.index("--data_root")
+    if i + 1 >= len(rest):
+        raise ConfigError("--data_root needs a directory")
+    data_root = rest[i + 1]
+    del rest[i : i + 2]
+    return rest, data_root

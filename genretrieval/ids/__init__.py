@@ -10,9 +10,13 @@ from .base import (
     registered_id_schemes,
 )
 
+# Imported for its registration: a saved semantic-ID model must load in a fresh process (numpy-only import).
+from .semantic import SemanticIdScheme
+
 __all__ = [
     "AtomicIdScheme",
     "ItemIdScheme",
+    "SemanticIdScheme",
     "UnknownItemError",
     "get_id_scheme_class",
     "load_id_scheme",
