@@ -66,3 +66,16 @@ def test_semantic_scheme_is_registered_in_a_fresh_process():
     code = "from genretrieval.ids import get_id_scheme_class; print(get_id_scheme_class('semantic').__name__)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and done.stdout.strip() == "SemanticIdScheme", done.stderr
+
+
+def test_beam_ranking_equals_exact_ranking_for_atomic_ids(smoke_run, tmp_path):
+    """Atomic IDs: beam search's top-k is the exact top-k, so every cut-off up to the beam width agrees."""
+    model_dir, record = smoke_run
+    report = _recipe("evaluate_saved").main([SMOKE, str(model_dir), "--tasks", "recommend", "--ranking", "beam",
+                                             "--num_beams", "30", "--output", str(tmp_path / "beam.json")])
+    assert list(report["metrics"]["recommend"]) == ["full"] and report["ranking"] == "beam search, 30 beams"
+    exact = record["metrics"]["recommend"]["full"]
+    for metric in ("recall@5", "recall@10", "recall@30", "ndcg@10", "hr@10"):
+        assert report["metrics"]["recommend"]["full"][metric] == pytest.approx(exact[metric], abs=1e-6), metric
+    with pytest.raises(SystemExit):
+        _recipe("evaluate_saved").main([SMOKE, str(model_dir), "--ranking", "beam", "--num_beams", "5"])
