@@ -1,11 +1,11 @@
 """PEFT adapters (LoRA & co.) on a generative retriever: what trains, save/load/merge fidelity, the recipe path."""
 
 import copy
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from recipes_util import load_recipe
 import torch
 
 from genretrieval.config import ConfigError, parse_config
@@ -259,10 +259,7 @@ def test_other_peft_methods_train_save_load_and_merge(method, train_new_tokens, 
 
 # ---- the recipe ----------------------------------------------------------------------------------------------
 def _recipe():
-    spec = importlib.util.spec_from_file_location("train_recipe", ROOT / "recipes" / "train.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("train")
 
 
 @pytest.fixture(scope="module")

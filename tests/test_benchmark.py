@@ -1,20 +1,17 @@
 """The benchmark command end to end on the smoke suite, and suite-config validation."""
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from recipes_util import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "recipes" / "configs" / "suites" / "smoke.yaml")
 
 
 def _recipe():
-    spec = importlib.util.spec_from_file_location("benchmark_recipe", ROOT / "recipes" / "benchmark.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe("benchmark")
 
 
 def test_smoke_suite_writes_results_table_and_plots_and_resumes(tmp_path):

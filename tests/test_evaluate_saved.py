@@ -1,22 +1,19 @@
 """recipes/evaluate_saved.py: a saved model re-evaluated on a suite's split gives the suite run's numbers."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from recipes_util import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = str(ROOT / "recipes" / "configs" / "suites" / "smoke.yaml")
 
 
 def _recipe(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "recipes" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_recipe(name)
 
 
 @pytest.fixture(scope="module")
