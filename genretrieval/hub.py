@@ -112,7 +112,7 @@ def _card_body(retriever: GenerativeRetriever, metrics: dict[str, dict[str, floa
         f"{len(scheme.new_tokens())} ID tokens |",
         f"| catalog | {len(scheme)} items |",
         f"| tasks | {', '.join(str(t) for t in tasks)} |",
-        f"| input | at most {retriever.max_source_length} tokens; the last {retriever.max_history} items of a history |",
+        f"| input | at most {retriever.max_source_length} tokens; the last {retriever.history_items_kept} items of a history |",
     ]
     training = config.get("training") or {}
     if training:

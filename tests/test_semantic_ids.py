@@ -167,3 +167,18 @@ def test_build_item_ids_recipe_writes_scheme_and_diagnostics(tmp_path):
     with pytest.raises(SystemExit):  # K larger than the number of items: a clear error, nothing written
         recipe.main(args[:1] + ["--output_dir", str(tmp_path / "bad"), "--ids.semantic.codebook_size", "500"])
     assert not (tmp_path / "bad").exists()
+
+
+def test_recommend_input_keeps_the_newest_items_that_fit(retriever):
+    """Multi-token IDs of a long history would pass max_source_length; truncation must drop the oldest, not the newest."""
+    import copy
+
+    narrow = copy.copy(retriever)
+    narrow.max_history, narrow.max_source_length, narrow._history_fit = 20, 11, None
+    assert narrow.history_items_kept == 3  # (11 - prefix 1 - eos 1) // 3 tokens per item
+    history = ITEMS[:10]
+    source = narrow.format_recommend(history)
+    assert source == "recommend: " + "".join(retriever.id_scheme.encode_text(i) for i in history[-3:])
+    ids = narrow.tokenizer(source, max_length=narrow.max_source_length, truncation=True)["input_ids"]
+    assert len(ids) <= narrow.max_source_length and ids[-1] == narrow.tokenizer.eos_token_id  # nothing truncated
+    assert retriever.history_items_kept == 4  # max_history when everything fits

@@ -47,7 +47,7 @@ class ModelConfig:
     d_kv: int = 32  # size of each attention head
     dropout_rate: float = 0.1  # T5's default
     max_source_length: int = 64  # tokens of the input (prefix + query or history); longer inputs are truncated
-    max_history: int = 20  # most recent items of a history placed in a recommend input
+    max_history: int = 20  # most recent items of a history placed in a recommend input (fewer if they don't fit)
 
     def __post_init__(self) -> None:
         for name in ("d_model", "d_ff", "num_layers", "num_decoder_layers", "num_heads", "d_kv", "max_source_length", "max_history"):
@@ -118,6 +118,7 @@ class GenerativeRetriever:
         self.titles = dict(titles) if titles else {}
         self._trie = None
         self._plan: dict[str, Any] | None = None
+        self._history_fit: int | None = None
         self.heads: Any = None  # AuxiliaryHeads attached for training (saved as heads.json + heads.safetensors)
         self.saved_heads: Any = None  # (ModuleDict, heads.json) of the heads found by from_pretrained, if any
         missing = [t for t in id_scheme.new_tokens()[:1] + id_scheme.new_tokens()[-1:] if t not in tokenizer.get_vocab()]
@@ -140,13 +141,26 @@ class GenerativeRetriever:
             raise ValueError(f"a search query must be a non-empty string, got {query!r}")
         return f"{SEARCH_PREFIX} {' '.join(query.split())}"
 
+    @property
+    def history_items_kept(self) -> int:
+        """How many of a history's most recent items a recommend input holds: ``max_history``, or fewer when their
+        ID tokens would not fit ``max_source_length`` (e.g. 15 four-token semantic IDs in 64 tokens)."""
+        if self._history_fit is None:
+            prefix = len(self.tokenizer(RECOMMEND_PREFIX, add_special_tokens=False)["input_ids"])
+            # Tokenizers truncate on the right, which would drop the *newest* items, the ones that matter most.
+            fit = (self.max_source_length - prefix - 1) // self.id_scheme.id_length  # 1: the eos token
+            self._history_fit = max(1, min(self.max_history, fit))
+        return self._history_fit
+
     def format_recommend(self, history: Sequence[str]) -> str:
-        """Model input for a recommendation request (item ids, oldest first; the last ``max_history`` are kept)."""
+        """Model input for a recommendation request (item ids, oldest first; the newest
+        :attr:`history_items_kept` items are kept)."""
         if isinstance(history, str):
             raise TypeError("a history is a list of item ids, not a string")
         if len(history) == 0:
             raise ValueError("a recommendation history must contain at least one item")
-        return f"{RECOMMEND_PREFIX} " + "".join(self.id_scheme.encode_text(i) for i in list(history)[-self.max_history :])
+        kept = list(history)[-self.history_items_kept :]
+        return f"{RECOMMEND_PREFIX} " + "".join(self.id_scheme.encode_text(i) for i in kept)
 
     def format_example(self, example: Mapping[str, Any]) -> str:
         """Model input for a row of an examples table (``task``, ``query``, ``history``)."""

@@ -45,7 +45,7 @@ def tokenization_fingerprint(dataset: Any, retriever: Any) -> str:
     scheme = retriever.id_scheme
     targets = [retriever.format_target(i) for i in scheme.item_ids]
     parts = [getattr(dataset, "_fingerprint", None), len(dataset), tokenizer_state, retriever.max_source_length,
-             retriever.max_history, type(scheme).__name__, targets]
+             retriever.max_history, retriever.history_items_kept, type(scheme).__name__, targets]
     return Hasher.hash(parts)[:16]
 
 
