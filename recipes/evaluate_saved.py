@@ -40,33 +40,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class BeamRanking:
-    """A retriever view whose ``score()`` is constrained beam search's top-``num_beams`` list, every other item -inf.
-
-    Exact multi-token scoring costs one decoder pass per (request, ID prefix); on a 12k-item catalog that is minutes
-    per 16 requests on a CPU. Beam search ranks the way TIGER evaluates; metrics are exact for cut-offs up to
-    ``num_beams`` (the protocol depth is set to ``num_beams``, so MRR/MAP are truncated there), and the sampled
-    protocol is skipped (its 100 candidates are mostly outside the beam).
-    """
-
-    def __init__(self, retriever: Any, num_beams: int) -> None:
-        self.retriever, self.num_beams = retriever, num_beams
-        self.item_ids = list(retriever.item_ids)
-        self._position = {item: i for i, item in enumerate(self.item_ids)}
-
-    def score(self, requests: Sequence[Any], batch_size: int = 64) -> Any:
-        """``[len(requests), num_items]`` scores: beam log-probabilities on the beam's items, -inf elsewhere."""
-        import torch
-
-        sources = [self.retriever._format_request(r) for r in requests]
-        out = self.retriever.retrieve(sources, k=self.num_beams, num_beams=self.num_beams, batch_size=batch_size)
-        scores = torch.full((len(requests), len(self.item_ids)), float("-inf"))
-        for row, (items, values) in enumerate(zip(out.item_ids, out.scores)):
-            for item, value in zip(items, values):
-                scores[row, self._position[item]] = float(value)
-        return scores
-
-
 def evaluate_saved(args: argparse.Namespace) -> dict[str, Any]:
     """Load the suite's dataset and the model, evaluate under every protocol of the suite, return the report."""
     from pathlib import Path
@@ -76,6 +49,7 @@ def evaluate_saved(args: argparse.Namespace) -> dict[str, Any]:
     from genretrieval.benchmark.runner import _environment, prepare_dataset
     from genretrieval.benchmark.suite import load_suite
     from genretrieval.evaluation.protocols import ProtocolConfig, evaluate_retriever
+    from genretrieval.evaluation.sampling import BeamRanking, sample_request_index
     from genretrieval.fileio import atomic_write_text
     from genretrieval.modeling import GenerativeRetriever
 
@@ -111,10 +85,7 @@ def evaluate_saved(args: argparse.Namespace) -> dict[str, Any]:
         requests = prepared.requests[task]
         if not requests:
             continue
-        index = np.arange(len(requests))
-        if args.max_requests is not None and args.max_requests < len(requests):
-            index = np.sort(np.random.default_rng(args.sample_seed).choice(len(requests), args.max_requests,
-                                                                             replace=False))
+        index = sample_request_index(len(requests), args.max_requests, args.sample_seed)
         chosen = [requests[i] for i in index]
         report["sample"][task] = {"test_requests": len(requests), "evaluated": len(chosen), "seed": args.sample_seed}
         report["metrics"][task], report["standard_errors"][task] = {}, {}

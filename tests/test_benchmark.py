@@ -47,6 +47,21 @@ def test_smoke_suite_writes_results_table_and_plots_and_resumes(tmp_path):
     assert ("search", "full", "Gen-R+S", "Gen-R") not in pairs  # Gen-R has no search results
     assert all(0.0 <= c["p_value"] <= 1.0 and c["seeds_a"] == 1 for c in saved["comparisons"])
     assert "## Comparisons" in markdown and "| Gen-R+S | Gen-S |" in markdown
+    # Gen-R+S-SID: beam ranking on a 12-request sample; full protocol only, paired on the requests both evaluated.
+    sid = json.loads((out / "runs" / "synthetic-tiny" / "Gen-R_S-SID" / "seed0.json").read_text())
+    assert sid["evaluation"]["ranking"] == "beam" and sid["evaluation"]["depth"] == 30
+    for task in ("search", "recommend"):
+        assert len(sid["request_index"][task]) == 12 and sid["request_index"][task] == sorted(sid["request_index"][task])
+        assert list(sid["per_request"][task]) == ["full"] and len(sid["per_request"][task]["full"]["recall@10"]) == 12
+        assert "Gen-R+S-SID" not in saved["results"]["synthetic-tiny"][task]["sampled"]["models"]
+        how = saved["results"]["synthetic-tiny"][task]["full"]["evaluated_on"]
+        assert set(how) == {"Gen-R+S-SID"} and how["Gen-R+S-SID"]["of"] > 12
+        assert {k: how["Gen-R+S-SID"][k] for k in ("requests", "ranking", "depth")} == {"requests": 12, "ranking": "beam",
+                                                                                         "depth": 30}
+        assert saved["results"]["synthetic-tiny"][task]["full"]["paired_tests"]["Gen-R+S-SID"]["recall@10"]["n"] == 12
+    sid_vs_atomic = [c for c in saved["comparisons"] if c["a"] == "Gen-R+S-SID"]
+    assert {c["protocol"] for c in sid_vs_atomic} == {"full"} and all(c["n"] == 12 for c in sid_vs_atomic)
+    assert "| Gen-R+S-SID † |" in markdown and "beam-search ranking (depth 30) on 12 of" in markdown
     sasrec = json.loads((out / "runs" / "synthetic-tiny" / "SASRec" / "seed0.json").read_text())
     assert sasrec["training_log"] and all("loss" in entry for entry in sasrec["training_log"])
     # Resume: finished runs are read back, not recomputed.
@@ -72,6 +87,7 @@ def test_smoke_suite_writes_results_table_and_plots_and_resumes(tmp_path):
         (["--only", "[Nope]"], "not in the suite: ['Nope']"),
         (["--comparisons", "[[Gen-S, Nope]]"], "not in the suite: ['Nope']"),
         (["--comparisons", "[[Gen-S]]"], "two different models"),
+        (["--ks", "[5, 10, 50]", "--depth", "100"], "num_beams (30) must be at least the largest cut-off (50)"),
     ],
 )
 def test_bad_suite_configs_fail_with_a_message(override, message, tmp_path, capsys):
@@ -89,6 +105,12 @@ def test_model_spec_validation():
         ModelSpec(name="x", tasks=["ranking"])
     with pytest.raises(ValueError, match="needs 'path'"):
         DatasetSpec(name="ml", source="movielens")
+    with pytest.raises(ValueError, match="ranking 'beam' is for generative models"):
+        ModelSpec(name="x", kind="baseline", baseline="popularity", ranking="beam")
+    with pytest.raises(ValueError, match="max_test_requests must be an integer >= 1"):
+        ModelSpec(name="x", max_test_requests=0)
+    with pytest.raises(ValueError, match="ranking must be 'exact' or 'beam'"):
+        ModelSpec(name="x", ranking="greedy")
 
 
 def test_cold_start_cut_averages_only_the_cold_requests():
@@ -111,6 +133,39 @@ def test_cold_start_cut_averages_only_the_cold_requests():
     assert "search" not in out["cold_start"]["results"]["d"]
 
 
+def test_paired_tests_align_a_sampled_model_with_a_fully_evaluated_one():
+    from genretrieval.benchmark.runner import aggregate, to_markdown
+    from genretrieval.benchmark.suite import DatasetSpec, ModelSpec, SuiteConfig
+
+    suite = SuiteConfig(name="t", seeds=[0, 1], datasets=[DatasetSpec(name="d", source="synthetic")],
+                        models=[ModelSpec(name="Full"), ModelSpec(name="Sampled", max_test_requests=3)],
+                        protocols=["full"], comparisons=[["Sampled", "Full"]])
+
+    def record(model, seed, recall, index=None):
+        per = {"recall@10": recall, "ndcg@10": recall, "mrr": recall}
+        return {"dataset": "d", "model": model, "seed": seed, "per_request": {"recommend": {"full": per}},
+                "metrics": {"recommend": {"full": {m: sum(recall) / len(recall) for m in per}}},
+                "request_index": {"recommend": index},
+                "evaluation": {"ranking": "exact", "test_requests": {"recommend": 5}}}
+
+    full = [1.0, 0.0, 1.0, 0.0, 1.0]
+    records = [record("Full", 0, full), record("Full", 1, full),
+               record("Sampled", 0, [1.0, 1.0, 0.0], [1, 3, 4]), record("Sampled", 1, [0.0, 1.0, 0.0], [1, 3, 4])]
+    info = {"d": {"items": 9, "users": 5, "rec_interactions": 9, "search_interactions": 0, "distinct_queries": 0}}
+    out = aggregate(suite, records, info, {"d": {"recommend": [0, 1], "search": []}})
+    (c,) = out["comparisons"]
+    # Paired on requests 1, 3, 4: Sampled (seed mean) 0.5, 1.0, 0.0 vs Full 0.0, 0.0, 1.0.
+    assert c["n"] == 3 and c["mean_a"] == 0.5 and abs(c["mean_b"] - 1 / 3) < 1e-9
+    block = out["results"]["d"]["recommend"]["full"]
+    assert block["evaluated_on"] == {"Sampled": {"requests": 3, "of": 5, "ranking": "exact", "depth": None}}
+    assert "| Sampled † |" in to_markdown(out) and "on 3 of 5 test requests" in to_markdown(out)
+    # Cold-start cut [0, 1]: the sampled model evaluated only request 1.
+    assert out["cold_start"]["results"]["d"]["recommend"]["models"]["Sampled"]["recall@10"]["per_seed"] == [1.0, 0.0]
+    stale = records[:3] + [record("Sampled", 1, [1.0, 0.0], [0, 2])]
+    with pytest.raises(ValueError, match="different test-request samples"):
+        aggregate(suite, stale, info)
+
+
 def test_generative_overrides_reach_the_training_config(tmp_path):
     """A suite can attach auxiliary heads to a generative model (issue 5: head as an auxiliary loss)."""
     from genretrieval.benchmark.runner import generative_config
@@ -123,6 +178,7 @@ def test_generative_overrides_reach_the_training_config(tmp_path):
                         generative_defaults={"training.num_epochs": 5, "training.num_threads": 1})
     config = generative_config(spec, suite.datasets[0], suite, 3, tmp_path)
     assert [(h.name, h.weight, h.params) for h in config.heads] == [("jsr", 0.1, {"dropout": 0.0})]
+    assert config.eval.run_test is False  # the benchmark evaluates every model itself
     assert config.training.num_epochs == 2 and config.training.num_threads == 1 and config.training.seed == 3
     assert config.mixture.tasks == ["search", "recommend"] and config.training.output_dir == str(tmp_path)
     bad = ModelSpec(name="bad", overrides={"heads": [{"nme": "jsr"}]})

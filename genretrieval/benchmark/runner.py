@@ -31,6 +31,7 @@ from ..fileio import atomic_write_text
 from .suite import DatasetSpec, ModelSpec, SuiteConfig
 
 MAIN_METRIC = {"full": "recall@10", "sampled": "ndcg@10"}
+REQUEST_SAMPLE_SEED = 0  # seed of ModelSpec.max_test_requests samples: one sample per size, whatever the run seed
 # Per-request values kept for paired tests (the rest are kept as means only, to keep run files small).
 PAIRED_METRICS = {"full": ("recall@10", "ndcg@10", "mrr"), "sampled": ("hr@10", "ndcg@10", "mrr")}
 
@@ -128,7 +129,7 @@ def generative_config(spec: ModelSpec, dataset: DatasetSpec, suite: SuiteConfig,
         "data": {"split": asdict(dataset.split)},
         "mixture": {"tasks": list(spec.tasks)},
         "training": {"seed": seed, "output_dir": str(run_dir), "save_total_limit": 1},
-        "eval": {"num_examples_to_show": 0, "exclude_history_items": suite.exclude_history},
+        "eval": {"num_examples_to_show": 0, "exclude_history_items": suite.exclude_history, "run_test": False},
     })
     return build_dataclass(TrainConfig, values, prefix=f"models[{spec.name}]")
 
@@ -153,6 +154,7 @@ def run_one(spec: ModelSpec, dataset: DatasetSpec, suite: SuiteConfig, seed: int
     import torch
 
     from ..evaluation.protocols import ProtocolConfig, evaluate_retriever
+    from ..evaluation.sampling import BeamRanking, sample_request_index
 
     started = time.time()
     record: dict[str, Any] = {"dataset": dataset.name, "model": spec.name, "seed": seed, "kind": spec.kind}
@@ -171,15 +173,25 @@ def run_one(spec: ModelSpec, dataset: DatasetSpec, suite: SuiteConfig, seed: int
         record["training_log"] = list(getattr(retriever, "training_log", []))
     record["fit_seconds"] = round(time.time() - started, 1)
     record["tasks"] = tasks
-    record["metrics"], record["per_request"] = {}, {}
+    record["metrics"], record["per_request"], record["request_index"] = {}, {}, {}
+    scorer, protocols, depth = retriever, list(suite.protocols), suite.depth
+    if spec.ranking == "beam":
+        scorer, protocols, depth = BeamRanking(retriever, spec.num_beams), ["full"], spec.num_beams
+    record["evaluation"] = {"ranking": spec.ranking, "depth": depth, "protocols": protocols,
+                            "max_test_requests": spec.max_test_requests, "request_sample_seed": REQUEST_SAMPLE_SEED,
+                            "test_requests": {t: len(requests[t]) for t in tasks}}
     for task in tasks:
         if not requests[task]:
             continue
+        index = sample_request_index(len(requests[task]), spec.max_test_requests, REQUEST_SAMPLE_SEED)
+        chosen = [requests[task][i] for i in index] if len(index) < len(requests[task]) else requests[task]
+        # Positions in the task's full request list: paired tests and the cold-start cut align runs through them.
+        record["request_index"][task] = index.tolist() if len(index) < len(requests[task]) else None
         record["metrics"][task], record["per_request"][task] = {}, {}
-        for protocol in suite.protocols:
-            config = ProtocolConfig(name=protocol, ks=tuple(suite.ks), depth=suite.depth,
+        for protocol in protocols:
+            config = ProtocolConfig(name=protocol, ks=tuple(suite.ks), depth=depth,
                                     num_negatives=suite.num_negatives, exclude_history=suite.exclude_history, seed=0)
-            result = evaluate_retriever(retriever, requests[task], config, interacted=interacted)
+            result = evaluate_retriever(scorer, chosen, config, interacted=interacted)
             record["metrics"][task][protocol] = {k: float(v) for k, v in result.metrics.items()}
             record["per_request"][task][protocol] = {
                 m: np.asarray(result.per_request[m], dtype=np.float32).round(5).tolist()
@@ -304,7 +316,7 @@ def aggregate(suite: SuiteConfig, records: list[dict[str, Any]], dataset_info: d
         for task in ("search", "recommend"):
             for protocol in suite.protocols:
                 rows = {}
-                per_request_mean = {}
+                per_request_mean, request_index, evaluation = {}, {}, {}
                 for model in suite.models:
                     runs = [r for r in records if r["dataset"] == dataset.name and r["model"] == model.name
                             and task in r["metrics"] and protocol in r["metrics"][task]]
@@ -317,6 +329,8 @@ def aggregate(suite: SuiteConfig, records: list[dict[str, Any]], dataset_info: d
                             "std": float(np.std([r["metrics"][task][protocol][m] for r in runs], ddof=1))
                             if len(runs) > 1 else 0.0,
                             "per_seed": [r["metrics"][task][protocol][m] for r in runs]} for m in names}
+                    request_index[model.name] = _request_index(runs, task, model.name)
+                    evaluation[model.name] = runs[0].get("evaluation", {"ranking": "exact"})
                     per_request_mean[model.name] = {
                         m: np.mean([r["per_request"][task][protocol][m] for r in runs], axis=0)
                         for m in runs[0]["per_request"][task][protocol]}
@@ -327,16 +341,32 @@ def aggregate(suite: SuiteConfig, records: list[dict[str, Any]], dataset_info: d
                     for name, values in per_request_mean.items():
                         if name == reference:
                             continue
-                        tests[name] = {m: paired_t_test(per_request_mean[reference][m], values[m])
-                                       for m in values if m in per_request_mean[reference]}
-                table.setdefault(dataset.name, {}).setdefault(task, {})[protocol] = {"models": rows, "paired_tests": tests}
+                        pairs = {m: _paired(per_request_mean[reference][m], request_index[reference],
+                                            values[m], request_index[name])
+                                 for m in values if m in per_request_mean[reference]}
+                        tests[name] = {m: paired_t_test(*pair) for m, pair in pairs.items() if len(pair[0]) > 1}
+                block = {"models": rows, "paired_tests": tests}
+                # Models not scored exactly on every test request: how they were (the markdown marks them).
+                special = {name: {"requests": len(next(iter(per_request_mean[name].values()))),
+                                  "of": evaluation[name].get("test_requests", {}).get(task),
+                                  "ranking": evaluation[name]["ranking"], "depth": evaluation[name].get("depth")}
+                           for name in rows if request_index[name] is not None or evaluation[name]["ranking"] != "exact"}
+                if special:
+                    block["evaluated_on"] = special
+                table.setdefault(dataset.name, {}).setdefault(task, {})[protocol] = block
                 main = MAIN_METRIC[protocol]
                 for a, b in suite.comparisons:
                     if a in per_request_mean and b in per_request_mean and main in per_request_mean[a]:
-                        test = paired_t_test(per_request_mean[a][main], per_request_mean[b][main])
+                        pair = _paired(per_request_mean[a][main], request_index[a],
+                                       per_request_mean[b][main], request_index[b])
+                        if len(pair[0]) < 2:  # disjoint request samples: nothing to pair
+                            continue
+                        test = paired_t_test(*pair)
                         comparisons.append({"dataset": dataset.name, "task": task, "protocol": protocol,
-                                            "a": a, "b": b, "metric": main, "mean_a": rows[a][main]["mean"],
-                                            "mean_b": rows[b][main]["mean"], "seeds_a": len(rows[a][main]["per_seed"]),
+                                            # over the requests both evaluated (differs from the table's means
+                                            # only when one model ran on a max_test_requests sample)
+                                            "a": a, "b": b, "metric": main, "mean_a": float(np.mean(pair[0])),
+                                            "mean_b": float(np.mean(pair[1])), "seeds_a": len(rows[a][main]["per_seed"]),
                                             "seeds_b": len(rows[b][main]["per_seed"]), **test})
     cold_table: dict[str, Any] = {}
     for dataset_name, tasks in (cold or {}).items():
@@ -348,7 +378,10 @@ def aggregate(suite: SuiteConfig, records: list[dict[str, Any]], dataset_info: d
                         and "full" in r.get("per_request", {}).get(task, {})]
                 if not runs:
                     continue
-                per_seed = {m: [float(np.mean(np.asarray(r["per_request"][task]["full"][m])[index])) for r in runs]
+                positions = _positions(index, _request_index(runs, task, model.name))
+                if not len(positions):
+                    continue
+                per_seed = {m: [float(np.mean(np.asarray(r["per_request"][task]["full"][m])[positions])) for r in runs]
                             for m in PAIRED_METRICS["full"]}
                 cold_table.setdefault(dataset_name, {}).setdefault(task, {"num_requests": len(index), "models": {}})
                 cold_table[dataset_name][task]["models"][model.name] = {
@@ -369,9 +402,49 @@ def aggregate(suite: SuiteConfig, records: list[dict[str, Any]], dataset_info: d
         "results": table,
         "cold_start": {"max_train_examples": suite.cold_start_max_train, "results": cold_table},
         "comparisons": comparisons,
-        "runs": [{k: v for k, v in r.items() if k not in ("per_request", "log_history")} for r in records],
+        "runs": [{k: v for k, v in r.items() if k not in ("per_request", "log_history", "request_index")}
+                 | {"requests_evaluated": _requests_evaluated(r)} for r in records],
         "environment": _environment(),
     }
+
+
+def _requests_evaluated(record: dict[str, Any]) -> dict[str, int]:
+    """Test requests each task of a run was evaluated on (all, or its max_test_requests sample)."""
+    out = {}
+    for task, protocols in record.get("per_request", {}).items():
+        lengths = [len(v) for metrics in protocols.values() for v in metrics.values()]
+        if lengths:
+            out[task] = lengths[0]
+    return out
+
+
+def _request_index(runs: list[dict[str, Any]], task: str, model: str) -> list[int] | None:
+    """Positions (in the task's test requests) a model's runs evaluated; None = all. Its seeds must agree."""
+    found = {json.dumps(r.get("request_index", {}).get(task)) for r in runs}
+    if len(found) > 1:
+        raise ValueError(f"the runs of {model!r} on {task} evaluated different test-request samples (was "
+                         f"max_test_requests changed between runs?): delete the stale runs/ files and re-run")
+    return json.loads(found.pop())
+
+
+def _positions(wanted: Sequence[int], index: list[int] | None) -> np.ndarray:
+    """Where the requests ``wanted`` (positions in the full list) sit in a run's per-request arrays."""
+    wanted = np.asarray(wanted, dtype=np.int64)
+    if index is None:
+        return wanted
+    index = np.asarray(index, dtype=np.int64)
+    return np.searchsorted(index, np.intersect1d(wanted, index))
+
+
+def _paired(a: np.ndarray, index_a: list[int] | None, b: np.ndarray, index_b: list[int] | None
+            ) -> tuple[np.ndarray, np.ndarray]:
+    """Two models' per-request values on the requests both evaluated (``index`` None = every request)."""
+    if index_a is None and index_b is None:
+        return np.asarray(a), np.asarray(b)
+    ia = np.arange(len(a)) if index_a is None else np.asarray(index_a, dtype=np.int64)
+    ib = np.arange(len(b)) if index_b is None else np.asarray(index_b, dtype=np.int64)
+    common = np.intersect1d(ia, ib)
+    return np.asarray(a)[np.searchsorted(ia, common)], np.asarray(b)[np.searchsorted(ib, common)]
 
 
 def _environment() -> dict[str, str]:
@@ -399,17 +472,23 @@ def to_markdown(results: dict[str, Any]) -> str:
                   f"{info['search_interactions']} search interactions, {info['distinct_queries']} distinct queries.", ""]
         for task, protocols in tasks.items():
             for protocol, block in protocols.items():
-                metrics = list(next(iter(block["models"].values())))
+                # A union: beam-ranked models have map@<depth> instead of map@100.
+                metrics = list(dict.fromkeys(m for vals in block["models"].values() for m in vals))
                 main = MAIN_METRIC[protocol]
                 lines += [f"### {dataset} · {task} · {protocol} protocol", "",
                           "| model | " + " | ".join(metrics) + f" | p ({main}) |",
                           "|---|" + "---|" * (len(metrics) + 1)]
+                special = block.get("evaluated_on", {})
                 for model, vals in block["models"].items():
                     test = block["paired_tests"].get(model, {}).get(main)
                     p = "ref." if model == results["reference_model"] else (f"{test['p_value']:.3g}" if test else "")
-                    cells = [f"{vals[m]['mean']:.4f}" + (f" ± {vals[m]['std']:.4f}" if len(vals[m]['per_seed']) > 1 else "")
-                             for m in metrics]
-                    lines.append(f"| {model} | " + " | ".join(cells) + f" | {p} |")
+                    cells = ["–" if m not in vals else f"{vals[m]['mean']:.4f}"
+                             + (f" ± {vals[m]['std']:.4f}" if len(vals[m]['per_seed']) > 1 else "") for m in metrics]
+                    lines.append(f"| {model}{' †' if model in special else ''} | " + " | ".join(cells) + f" | {p} |")
+                for model, how in special.items():
+                    ranking = "exact scores" if how["ranking"] == "exact" else f"beam-search ranking (depth {how['depth']})"
+                    lines.append(f"\n† {model}: {ranking} on {how['requests']} of {how['of']} test requests "
+                                 f"(seeded sample); paired tests use the requests both models evaluated.")
                 lines.append("")
         for task, block in results.get("cold_start", {}).get("results", {}).get(dataset, {}).items():
             limit = results["cold_start"]["max_train_examples"]
@@ -423,12 +502,12 @@ def to_markdown(results: dict[str, Any]) -> str:
     if results.get("comparisons"):
         lines += ["## Comparisons", "", "Paired t-test over test requests (per-request metric averaged over each model's "
                   "seeds); a > b means the first model scored higher.", "",
-                  "| dataset | task | protocol | metric | a | b | mean a | mean b | a − b | p | seeds a/b |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| dataset | task | protocol | metric | a | b | mean a | mean b | a − b | p | seeds a/b | requests |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for c in results["comparisons"]:
             lines.append(f"| {c['dataset']} | {c['task']} | {c['protocol']} | {c['metric']} | {c['a']} | {c['b']} | "
                          f"{c['mean_a']:.4f} | {c['mean_b']:.4f} | {c['mean_a'] - c['mean_b']:+.4f} | "
-                         f"{c['p_value']:.3g} | {c['seeds_a']}/{c['seeds_b']} |")
+                         f"{c['p_value']:.3g} | {c['seeds_a']}/{c['seeds_b']} | {c['n']} |")
         lines.append("")
     return "\n".join(lines)
 

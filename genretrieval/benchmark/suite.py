@@ -66,10 +66,27 @@ class ModelSpec:
     baseline: str | None = None  # baseline: registered name (popularity, popularity-query, bm25, sasrec, biencoder)
     overrides: dict[str, Any] = field(default_factory=dict)  # generative: recipes/train.py keys, e.g. training.num_epochs
     params: dict[str, Any] = field(default_factory=dict)  # baseline: fields of its config dataclass
+    # generative: "exact" scores every catalog item (the default); "beam" ranks by constrained beam search's top
+    # num_beams (TIGER's way) where exact multi-token scoring does not fit, e.g. semantic IDs on a 12k-item catalog.
+    # Beam ranking reports the full protocol only, at depth num_beams.
+    ranking: Literal["exact", "beam"] = "exact"
+    num_beams: int = 30  # ranking: beam: beam width = ranking depth (>= the suite's largest cut-off)
+    # Evaluate a seeded sample of at most this many test requests per task (the same sample for every seed, and for
+    # every model with the same value, so paired tests stay paired); None = all.
+    max_test_requests: int | None = None
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
             raise ValueError(f"model name must be a non-empty string without '/', got {self.name!r}")
+        if self.ranking not in ("exact", "beam"):
+            raise ValueError(f"model {self.name!r}: ranking must be 'exact' or 'beam', got {self.ranking!r}")
+        if self.ranking == "beam" and self.kind != "generative":
+            raise ValueError(f"model {self.name!r}: ranking 'beam' is for generative models")
+        for key, value in (("num_beams", self.num_beams), ("max_test_requests", self.max_test_requests)):
+            if key == "max_test_requests" and value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"model {self.name!r}: {key} must be an integer >= 1, got {value!r}")
         if self.kind == "baseline" and not self.baseline:
             raise ValueError(f"model {self.name!r}: kind=baseline needs 'baseline' (a registered baseline name)")
         if self.kind == "generative" and self.baseline:
@@ -133,6 +150,10 @@ class SuiteConfig:
                 raise ValueError(f"comparisons: {pair!r} names models that are not in the suite: {missing}")
         if self.depth < max(self.ks):
             raise ValueError(f"depth ({self.depth}) must be at least the largest cut-off ({max(self.ks)})")
+        for m in self.models:
+            if m.ranking == "beam" and m.num_beams < max(self.ks):
+                raise ValueError(f"model {m.name!r}: num_beams ({m.num_beams}) must be at least the largest cut-off "
+                                 f"({max(self.ks)}): beam ranking ranks only num_beams items")
 
 
 def load_suite(path: str, overrides: list[str] | None = None, data_root: str | None = None) -> SuiteConfig:

@@ -54,6 +54,9 @@ class EvalConfig:
     max_validation_requests: int = 1000  # validation subsample per task (seeded) to keep periodic evals cheap
     metric_for_best: str = "recall@10"  # validation metric (averaged over trained tasks) for early stopping
     num_examples_to_show: int = 3  # example queries/histories printed with retrieved titles at the end
+    # Evaluate the best model on the test split after training. The benchmark turns it off: it evaluates every
+    # model itself, under its own protocols (a second full-catalog pass would only cost time).
+    run_test: bool = True
 
     def __post_init__(self) -> None:
         if not self.ks or any(k < 1 for k in self.ks):

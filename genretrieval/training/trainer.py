@@ -505,7 +505,8 @@ def train(config: TrainConfig, tables: tuple[Any, Any] | None = None) -> dict[st
             aux.heads.load_state_dict(load_file(str(best_dir / "heads.safetensors")))
     model = _merge_adapter_before_saving(accelerator, retriever, model, output_dir)
     test_requests = _validation_requests(retriever, examples, tasks, "test", config, None)
-    test_metrics = _evaluate(retriever, test_requests, config, accelerator, progress=accelerator.is_main_process)
+    test_metrics = (_evaluate(retriever, test_requests, config, accelerator, progress=accelerator.is_main_process)
+                    if config.eval.run_test else {})
     if accelerator.is_main_process:
         # Saved after the test run so the model card and training_config.json describe this exact model.
         _save_retriever(accelerator, retriever, output_dir / "model", training_config=asdict(config),
@@ -530,9 +531,10 @@ def train(config: TrainConfig, tables: tuple[Any, Any] | None = None) -> dict[st
     }
     if accelerator.is_main_process:
         atomic_write_text(output_dir / "metrics.json", json.dumps(result, indent=2))
-        log(format_metrics_table(test_metrics, config.eval.ks))
-        log(f"(random ranker Recall@10 ≈ {result['random_ranker_recall@10']:.4f}; "
-            f"history items {'masked' if config.eval.exclude_history_items else 'not masked'})")
+        if test_metrics:
+            log(format_metrics_table(test_metrics, config.eval.ks))
+            log(f"(random ranker Recall@10 ≈ {result['random_ranker_recall@10']:.4f}; "
+                f"history items {'masked' if config.eval.exclude_history_items else 'not masked'})")
         show_examples(retriever.with_model(accelerator.unwrap_model(model)), test_requests, config.eval.num_examples_to_show, log)
         log(f"model saved to {output_dir / 'model'}; metrics in {output_dir / 'metrics.json'}")
     accelerator.wait_for_everyone()
