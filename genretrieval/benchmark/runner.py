@@ -487,8 +487,10 @@ def to_markdown(results: dict[str, Any]) -> str:
                     lines.append(f"| {model}{' †' if model in special else ''} | " + " | ".join(cells) + f" | {p} |")
                 for model, how in special.items():
                     ranking = "exact scores" if how["ranking"] == "exact" else f"beam-search ranking (depth {how['depth']})"
-                    lines.append(f"\n† {model}: {ranking} on {how['requests']} of {how['of']} test requests "
-                                 f"(seeded sample); paired tests use the requests both models evaluated.")
+                    which = (f"all {how['of']} test requests" if how["requests"] == how["of"] else
+                             f"{how['requests']} of {how['of']} test requests (seeded sample); paired tests use the "
+                             "requests both models evaluated")
+                    lines.append(f"\n† {model}: {ranking} on {which}.")
                 lines.append("")
         for task, block in results.get("cold_start", {}).get("results", {}).get(dataset, {}).items():
             limit = results["cold_start"]["max_train_examples"]
