@@ -50,6 +50,7 @@ def test_smoke_suite_writes_results_table_and_plots_and_resumes(tmp_path):
     # Gen-R+S-SID: beam ranking on a 12-request sample; full protocol only, paired on the requests both evaluated.
     sid = json.loads((out / "runs" / "synthetic-tiny" / "Gen-R_S-SID" / "seed0.json").read_text())
     assert sid["evaluation"]["ranking"] == "beam" and sid["evaluation"]["depth"] == 30
+    assert sid["evaluation"]["evaluated"] == {"search": 12, "recommend": 12}
     for task in ("search", "recommend"):
         assert len(sid["request_index"][task]) == 12 and sid["request_index"][task] == sorted(sid["request_index"][task])
         assert list(sid["per_request"][task]) == ["full"] and len(sid["per_request"][task]["full"]["recall@10"]) == 12

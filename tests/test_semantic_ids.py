@@ -174,7 +174,7 @@ def test_recommend_input_keeps_the_newest_items_that_fit(retriever):
     import copy
 
     narrow = copy.copy(retriever)
-    narrow.max_history, narrow.max_source_length, narrow._history_fit = 20, 11, None
+    narrow.max_history, narrow.max_source_length = 20, 11
     assert narrow.history_items_kept == 3  # (11 - prefix 1 - eos 1) // 3 tokens per item
     history = ITEMS[:10]
     source = narrow.format_recommend(history)

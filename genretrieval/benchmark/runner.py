@@ -179,14 +179,16 @@ def run_one(spec: ModelSpec, dataset: DatasetSpec, suite: SuiteConfig, seed: int
         scorer, protocols, depth = BeamRanking(retriever, spec.num_beams), ["full"], spec.num_beams
     record["evaluation"] = {"ranking": spec.ranking, "depth": depth, "protocols": protocols,
                             "max_test_requests": spec.max_test_requests, "request_sample_seed": REQUEST_SAMPLE_SEED,
-                            "test_requests": {t: len(requests[t]) for t in tasks}}
+                            "test_requests": {t: len(requests[t]) for t in tasks}, "evaluated": {}}
     for task in tasks:
         if not requests[task]:
             continue
         index = sample_request_index(len(requests[task]), spec.max_test_requests, REQUEST_SAMPLE_SEED)
-        chosen = [requests[task][i] for i in index] if len(index) < len(requests[task]) else requests[task]
+        sampled = len(index) < len(requests[task])
+        chosen = [requests[task][i] for i in index] if sampled else requests[task]
         # Positions in the task's full request list: paired tests and the cold-start cut align runs through them.
-        record["request_index"][task] = index.tolist() if len(index) < len(requests[task]) else None
+        record["request_index"][task] = index.tolist() if sampled else None
+        record["evaluation"]["evaluated"][task] = len(chosen)
         record["metrics"][task], record["per_request"][task] = {}, {}
         for protocol in protocols:
             config = ProtocolConfig(name=protocol, ks=tuple(suite.ks), depth=depth,
@@ -403,19 +405,9 @@ def aggregate(suite: SuiteConfig, records: list[dict[str, Any]], dataset_info: d
         "cold_start": {"max_train_examples": suite.cold_start_max_train, "results": cold_table},
         "comparisons": comparisons,
         "runs": [{k: v for k, v in r.items() if k not in ("per_request", "log_history", "request_index")}
-                 | {"requests_evaluated": _requests_evaluated(r)} for r in records],
+                 for r in records],
         "environment": _environment(),
     }
-
-
-def _requests_evaluated(record: dict[str, Any]) -> dict[str, int]:
-    """Test requests each task of a run was evaluated on (all, or its max_test_requests sample)."""
-    out = {}
-    for task, protocols in record.get("per_request", {}).items():
-        lengths = [len(v) for metrics in protocols.values() for v in metrics.values()]
-        if lengths:
-            out[task] = lengths[0]
-    return out
 
 
 def _request_index(runs: list[dict[str, Any]], task: str, model: str) -> list[int] | None:
@@ -441,10 +433,9 @@ def _paired(a: np.ndarray, index_a: list[int] | None, b: np.ndarray, index_b: li
     """Two models' per-request values on the requests both evaluated (``index`` None = every request)."""
     if index_a is None and index_b is None:
         return np.asarray(a), np.asarray(b)
-    ia = np.arange(len(a)) if index_a is None else np.asarray(index_a, dtype=np.int64)
-    ib = np.arange(len(b)) if index_b is None else np.asarray(index_b, dtype=np.int64)
-    common = np.intersect1d(ia, ib)
-    return np.asarray(a)[np.searchsorted(ia, common)], np.asarray(b)[np.searchsorted(ib, common)]
+    common = np.intersect1d(np.arange(len(a)) if index_a is None else index_a,
+                            np.arange(len(b)) if index_b is None else index_b)
+    return np.asarray(a)[_positions(common, index_a)], np.asarray(b)[_positions(common, index_b)]
 
 
 def _environment() -> dict[str, str]:

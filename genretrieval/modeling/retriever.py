@@ -118,7 +118,7 @@ class GenerativeRetriever:
         self.titles = dict(titles) if titles else {}
         self._trie = None
         self._plan: dict[str, Any] | None = None
-        self._history_fit: int | None = None
+        self._prefix_tokens: int | None = None
         self.heads: Any = None  # AuxiliaryHeads attached for training (saved as heads.json + heads.safetensors)
         self.saved_heads: Any = None  # (ModuleDict, heads.json) of the heads found by from_pretrained, if any
         missing = [t for t in id_scheme.new_tokens()[:1] + id_scheme.new_tokens()[-1:] if t not in tokenizer.get_vocab()]
@@ -145,12 +145,11 @@ class GenerativeRetriever:
     def history_items_kept(self) -> int:
         """How many of a history's most recent items a recommend input holds: ``max_history``, or fewer when their
         ID tokens would not fit ``max_source_length`` (e.g. 15 four-token semantic IDs in 64 tokens)."""
-        if self._history_fit is None:
-            prefix = len(self.tokenizer(RECOMMEND_PREFIX, add_special_tokens=False)["input_ids"])
-            # Tokenizers truncate on the right, which would drop the *newest* items, the ones that matter most.
-            fit = (self.max_source_length - prefix - 1) // self.id_scheme.id_length  # 1: the eos token
-            self._history_fit = max(1, min(self.max_history, fit))
-        return self._history_fit
+        if self._prefix_tokens is None:  # the tokenizer does not change; the lengths may, so only this is cached
+            self._prefix_tokens = len(self.tokenizer(RECOMMEND_PREFIX, add_special_tokens=False)["input_ids"])
+        # Tokenizers truncate on the right, which would drop the *newest* items, the ones that matter most.
+        fit = (self.max_source_length - self._prefix_tokens - 1) // self.id_scheme.id_length  # 1: the eos token
+        return max(1, min(self.max_history, fit))
 
     def format_recommend(self, history: Sequence[str]) -> str:
         """Model input for a recommendation request (item ids, oldest first; the newest
