@@ -161,7 +161,10 @@ def test_paired_tests_align_a_sampled_model_with_a_fully_evaluated_one():
     assert block["evaluated_on"] == {"Sampled": {"requests": 3, "of": 5, "ranking": "exact", "depth": None}}
     assert "| Sampled † |" in to_markdown(out) and "on 3 of 5 test requests" in to_markdown(out)
     # Cold-start cut [0, 1]: the sampled model evaluated only request 1.
-    assert out["cold_start"]["results"]["d"]["recommend"]["models"]["Sampled"]["recall@10"]["per_seed"] == [1.0, 0.0]
+    sampled_cold = out["cold_start"]["results"]["d"]["recommend"]["models"]["Sampled"]
+    assert sampled_cold["recall@10"]["per_seed"] == [1.0, 0.0] and sampled_cold["requests"] == 1
+    assert out["cold_start"]["results"]["d"]["recommend"]["models"]["Full"]["requests"] == 2
+    assert "| Sampled | 0.5000 | 0.5000 | 0.5000 | 1 |" in to_markdown(out)
     stale = records[:3] + [record("Sampled", 1, [1.0, 0.0], [0, 2])]
     with pytest.raises(ValueError, match="different test-request samples"):
         aggregate(suite, stale, info)

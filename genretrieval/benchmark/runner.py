@@ -387,7 +387,8 @@ def aggregate(suite: SuiteConfig, records: list[dict[str, Any]], dataset_info: d
                             for m in PAIRED_METRICS["full"]}
                 cold_table.setdefault(dataset_name, {}).setdefault(task, {"num_requests": len(index), "models": {}})
                 cold_table[dataset_name][task]["models"][model.name] = {
-                    m: {"mean": float(np.mean(v)), "per_seed": v} for m, v in per_seed.items()}
+                    "requests": int(len(positions)),
+                    **{m: {"mean": float(np.mean(v)), "per_seed": v} for m, v in per_seed.items()}}
     return {
         "suite": suite.name,
         "protocol": {"full": f"full-catalog ranking, depth {suite.depth}", "sampled":
@@ -488,9 +489,12 @@ def to_markdown(results: dict[str, Any]) -> str:
             metrics = PAIRED_METRICS["full"]
             lines += [f"### {dataset} · {task} · cold-start cut (full protocol)", "",
                       f"{block['num_requests']} test requests whose relevant items have at most {limit} training "
-                      "examples.", "", "| model | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+                      "examples; a sub-sampled model (†) is averaged over the cut's requests it evaluated.", "",
+                      "| model | " + " | ".join(metrics) + " | requests |", "|---|" + "---|" * (len(metrics) + 1)]
             for model, vals in block["models"].items():
-                lines.append(f"| {model} | " + " | ".join(f"{vals[m]['mean']:.4f}" for m in metrics) + " |")
+                # Older results.json files have no per-model count: the model evaluated the whole cut.
+                count = vals.get("requests", block["num_requests"])
+                lines.append(f"| {model} | " + " | ".join(f"{vals[m]['mean']:.4f}" for m in metrics) + f" | {count} |")
             lines.append("")
     if results.get("comparisons"):
         lines += ["## Comparisons", "", "Paired t-test over test requests (per-request metric averaged over each model's "
