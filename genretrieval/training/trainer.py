@@ -35,6 +35,7 @@ from ..modeling.retriever import GenerativeRetriever, build_model
 from .arguments import TrainConfig, TrainingArguments
 from .batching import CACHE_DIR, EpochPermutationSampler, LengthGroupedSampler, PaddingCollator, TokenizedExamples
 from .batching import tokenize_examples
+from .distributed import average_gradients, broadcast_module
 
 logger = logging.getLogger(__name__)
 
@@ -323,11 +324,6 @@ def train(config: TrainConfig, tables: tuple[Any, Any] | None = None) -> dict[st
     if config.heads:
         from ..modeling.heads.auxiliary import AuxiliaryHeads
 
-        if accelerator.num_processes > 1:
-            # The heads' own weights are not wrapped for gradient all-reduce yet: processes would drift apart.
-            raise ValueError("auxiliary heads (config.heads) support single-process training only for now; "
-                             f"got {accelerator.num_processes} processes")
-
         aux = AuxiliaryHeads(config.heads, retriever, catalog, {t: examples[t]["train"] for t in tasks})
         retriever.heads = aux
         train_rows = train_set.to_list()  # the heads build their inputs (histories, earlier searches) from raw rows
@@ -356,6 +352,7 @@ def train(config: TrainConfig, tables: tuple[Any, Any] | None = None) -> dict[st
     if aux is not None:
         aux.to(accelerator.device)
         aux.set_model(accelerator.unwrap_model(model))
+        broadcast_module(aux.heads)  # DDP wraps only the model: the heads' copies must start equal...
         accelerator.register_for_checkpointing(aux.heads)  # resumed runs restore the heads too
         head_generator = torch.Generator().manual_seed(args.seed)  # negatives of the heads' losses
     eval_every = args.eval_every or steps_per_epoch
@@ -438,6 +435,8 @@ def train(config: TrainConfig, tables: tuple[Any, Any] | None = None) -> dict[st
                     head_loss, _ = aux([train_rows[i] for i in index.tolist()], head_generator)
                     loss = loss + head_loss
                 accelerator.backward(loss)
+                if aux is not None and accelerator.sync_gradients and accelerator.num_processes > 1:
+                    average_gradients(aux.heads.parameters())  # ...and take the same averaged step
                 if accelerator.sync_gradients and args.max_grad_norm:
                     accelerator.clip_grad_norm_(trainable if aux is not None else model.parameters(),
                                                 args.max_grad_norm)
