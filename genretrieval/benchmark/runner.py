@@ -193,7 +193,9 @@ def run_one(spec: ModelSpec, dataset: DatasetSpec, suite: SuiteConfig, seed: int
         for protocol in protocols:
             config = ProtocolConfig(name=protocol, ks=tuple(suite.ks), depth=depth,
                                     num_negatives=suite.num_negatives, exclude_history=suite.exclude_history, seed=0)
-            result = evaluate_retriever(scorer, chosen, config, interacted=interacted)
+            # Exact multi-token scoring can take minutes: a bar shows it is moving.
+            result = evaluate_retriever(scorer, chosen, config, interacted=interacted,
+                                        progress=f"{dataset.name} | {spec.name} | seed {seed} | {task}")
             record["metrics"][task][protocol] = {k: float(v) for k, v in result.metrics.items()}
             record["per_request"][task][protocol] = {
                 m: np.asarray(result.per_request[m], dtype=np.float32).round(5).tolist()

@@ -141,8 +141,10 @@ def rank_from_scores(scores: torch.Tensor, depth: int) -> torch.LongTensor:
 
 def evaluate_retriever(retriever: Any, requests: Sequence[Request], config: ProtocolConfig, *,
                        interacted: Mapping[str, set[str]] | None = None, batch_size: int = 256,
-                       progress: bool = False) -> EvalResult:
+                       progress: bool | str = False) -> EvalResult:
     """Score ``requests`` batch by batch with ``retriever.score`` and evaluate them under ``config``.
+
+    ``progress`` shows a bar per batch; a string is the bar's label.
 
     ``interacted`` maps a user id to every item the user interacted with (all splits); under ``sampled`` those items,
     the request's relevant, ``exclude`` and ``history`` items are never drawn as negatives. Score tensors are only
@@ -169,7 +171,8 @@ def evaluate_retriever(retriever: Any, requests: Sequence[Request], config: Prot
     if progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc=f"eval ({config.name})", leave=False)
+        label = progress if isinstance(progress, str) else "eval"
+        starts = tqdm(starts, desc=f"{label} ({config.name})", leave=False, unit="batch")
     parts: list[dict[str, np.ndarray]] = []
     for start in starts:
         batch = list(requests[start : start + batch_size])
