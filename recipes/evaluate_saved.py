@@ -48,7 +48,7 @@ def evaluate_saved(args: argparse.Namespace) -> dict[str, Any]:
 
     from genretrieval.benchmark.runner import _environment, prepare_dataset
     from genretrieval.benchmark.suite import load_suite
-    from genretrieval.evaluation.protocols import ProtocolConfig, evaluate_retriever
+    from genretrieval.evaluation.protocols import ProtocolConfig, evaluate_protocols
     from genretrieval.evaluation.sampling import BeamRanking, sample_request_index
     from genretrieval.fileio import atomic_write_text
     from genretrieval.modeling import GenerativeRetriever
@@ -89,10 +89,10 @@ def evaluate_saved(args: argparse.Namespace) -> dict[str, Any]:
         chosen = [requests[i] for i in index]
         report["sample"][task] = {"test_requests": len(requests), "evaluated": len(chosen), "seed": args.sample_seed}
         report["metrics"][task], report["standard_errors"][task] = {}, {}
-        for protocol in protocols:
-            config = ProtocolConfig(name=protocol, ks=ks, depth=depth,
-                                    num_negatives=suite.num_negatives, exclude_history=suite.exclude_history, seed=0)
-            result = evaluate_retriever(scorer, chosen, config, interacted=prepared.interacted, progress=True)
+        configs = [ProtocolConfig(name=protocol, ks=ks, depth=depth, num_negatives=suite.num_negatives,
+                                  exclude_history=suite.exclude_history, seed=0) for protocol in protocols]
+        results = evaluate_protocols(scorer, chosen, configs, interacted=prepared.interacted, progress=task)
+        for protocol, result in zip(protocols, results):
             report["metrics"][task][protocol] = {k: float(v) for k, v in result.metrics.items()}
             # Standard error of the mean over the evaluated requests: the sampling error of a sub-sampled evaluation.
             report["standard_errors"][task][protocol] = {

@@ -387,3 +387,35 @@ def test_plot_item_embeddings_tsne(tmp_path):
     assert out.stat().st_size > 1000 and _is_png(out)
     with pytest.raises(ValueError, match=r"embeddings\['b'\] has shape \(59, 4\)"):
         plot_item_embeddings_tsne({"b": np.zeros((59, 4))}, popularity, tmp_path / "bad.png")
+
+
+def test_several_protocols_share_one_scoring_pass():
+    from genretrieval.evaluation.protocols import ProtocolConfig, evaluate_protocols, evaluate_retriever
+
+    class Counting:
+        """Random but fixed scores per request; counts how many requests were scored."""
+
+        item_ids = [f"i{k}" for k in range(40)]
+
+        def __init__(self):
+            self.scored = 0
+
+        def score(self, requests):
+            self.scored += len(requests)
+            rows = [torch.Generator().manual_seed(int(r.user_id[1:])) for r in requests]
+            return torch.stack([torch.rand(len(self.item_ids), generator=g) for g in rows])
+
+    requests = [Request(task="recommend", source=f"u{u}", relevant={f"i{u % 40}"}, user_id=f"u{u}",
+                        history=[f"i{(u + 1) % 40}"], exclude={f"i{(u + 1) % 40}"}) for u in range(23)]
+    configs = [ProtocolConfig("full", ks=(5, 10), depth=20), ProtocolConfig("sampled", num_negatives=9, seed=3),
+               ProtocolConfig("full", ks=(5, 10), depth=20, exclude_history=True)]
+    model = Counting()
+    together = evaluate_protocols(model, requests, configs, batch_size=7)
+    assert model.scored == len(requests)  # one pass for three protocols
+    for config, result in zip(configs, together):
+        alone = evaluate_retriever(Counting(), requests, config, batch_size=7)
+        assert result.metrics == alone.metrics and result.config == config
+        for name, values in alone.per_request.items():
+            np.testing.assert_array_equal(result.per_request[name], values)
+    with pytest.raises(ValueError, match="configs is empty"):
+        evaluate_protocols(model, requests, [])

@@ -153,7 +153,7 @@ def run_one(spec: ModelSpec, dataset: DatasetSpec, suite: SuiteConfig, seed: int
     """Fit/train one model with one seed and evaluate it on its tasks under every protocol."""
     import torch
 
-    from ..evaluation.protocols import ProtocolConfig, evaluate_retriever
+    from ..evaluation.protocols import ProtocolConfig, evaluate_protocols
     from ..evaluation.sampling import BeamRanking, sample_request_index
 
     started = time.time()
@@ -190,12 +190,12 @@ def run_one(spec: ModelSpec, dataset: DatasetSpec, suite: SuiteConfig, seed: int
         record["request_index"][task] = index.tolist() if sampled else None
         record["evaluation"]["evaluated"][task] = len(chosen)
         record["metrics"][task], record["per_request"][task] = {}, {}
-        for protocol in protocols:
-            config = ProtocolConfig(name=protocol, ks=tuple(suite.ks), depth=depth,
-                                    num_negatives=suite.num_negatives, exclude_history=suite.exclude_history, seed=0)
-            # Exact multi-token scoring can take minutes: a bar shows it is moving.
-            result = evaluate_retriever(scorer, chosen, config, interacted=interacted,
-                                        progress=f"{dataset.name} | {spec.name} | seed {seed} | {task}")
+        configs = [ProtocolConfig(name=protocol, ks=tuple(suite.ks), depth=depth, num_negatives=suite.num_negatives,
+                                  exclude_history=suite.exclude_history, seed=0) for protocol in protocols]
+        # One scoring pass serves every protocol; exact multi-token scoring can take minutes, so a bar shows progress.
+        results = evaluate_protocols(scorer, chosen, configs, interacted=interacted,
+                                     progress=f"{dataset.name} | {spec.name} | seed {seed} | {task}")
+        for protocol, result in zip(protocols, results):
             record["metrics"][task][protocol] = {k: float(v) for k, v in result.metrics.items()}
             record["per_request"][task][protocol] = {
                 m: np.asarray(result.per_request[m], dtype=np.float32).round(5).tolist()

@@ -144,14 +144,28 @@ def evaluate_retriever(retriever: Any, requests: Sequence[Request], config: Prot
                        progress: bool | str = False) -> EvalResult:
     """Score ``requests`` batch by batch with ``retriever.score`` and evaluate them under ``config``.
 
-    ``progress`` shows a bar per batch; a string is the bar's label.
-
     ``interacted`` maps a user id to every item the user interacted with (all splits); under ``sampled`` those items,
     the request's relevant, ``exclude`` and ``history`` items are never drawn as negatives. Score tensors are only
-    ever ``[batch_size, num_items]``.
+    ever ``[batch_size, num_items]``. ``progress`` shows a bar per batch; a string is the bar's label.
     """
-    if not isinstance(config, ProtocolConfig):
-        raise TypeError(f"config must be a ProtocolConfig, got {type(config).__name__}")
+    return evaluate_protocols(retriever, requests, [config], interacted=interacted, batch_size=batch_size,
+                              progress=progress)[0]
+
+
+def evaluate_protocols(retriever: Any, requests: Sequence[Request], configs: Sequence[ProtocolConfig], *,
+                       interacted: Mapping[str, set[str]] | None = None, batch_size: int = 256,
+                       progress: bool | str = False) -> list[EvalResult]:
+    """:func:`evaluate_retriever` under several protocols at once, one result per config in order.
+
+    Each batch is scored once and every protocol reads the same scores, so a model whose ``score`` is expensive
+    (exact multi-token scoring) pays for it once instead of once per protocol.
+    """
+    configs = list(configs)
+    if not configs:
+        raise ValueError("configs is empty: pass at least one ProtocolConfig")
+    for config in configs:
+        if not isinstance(config, ProtocolConfig):
+            raise TypeError(f"config must be a ProtocolConfig, got {type(config).__name__}")
     if not _is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     if len(requests) == 0:
@@ -172,17 +186,28 @@ def evaluate_retriever(retriever: Any, requests: Sequence[Request], config: Prot
         from tqdm.auto import tqdm
 
         label = progress if isinstance(progress, str) else "eval"
-        starts = tqdm(starts, desc=f"{label} ({config.name})", leave=False, unit="batch")
-    parts: list[dict[str, np.ndarray]] = []
+        names = "+".join(c.name for c in configs)
+        starts = tqdm(starts, desc=f"{label} ({names})", leave=False, unit="batch")
+    parts: list[list[dict[str, np.ndarray]]] = [[] for _ in configs]
     for start in starts:
         batch = list(requests[start : start + batch_size])
-        scores = _batch_scores(retriever, batch, len(item_ids), position, config.exclude_history)
-        if config.name == "full":
-            parts.append(_full_batch(scores, batch, start, position, config))
-        else:
-            parts.append(_sampled_batch(scores, batch, start, position, config, interacted))
+        raw = _batch_scores(retriever, batch, len(item_ids))
+        masked = None  # computed once per batch, only if some protocol masks the history
+        for part, config in zip(parts, configs):
+            scores = raw
+            if config.exclude_history:
+                masked = _mask_excluded(raw, batch, position) if masked is None else masked
+                scores = masked
+            if config.name == "full":
+                part.append(_full_batch(scores, batch, start, position, config))
+            else:
+                part.append(_sampled_batch(scores, batch, start, position, config, interacted))
+    return [_finish(config, part, len(requests)) for config, part in zip(configs, parts)]
 
-    request_index = np.concatenate([p.pop("_request_index") for p in parts])
+
+def _finish(config: ProtocolConfig, parts: list[dict[str, np.ndarray]], num_requests: int) -> EvalResult:
+    """Per-request and mean metrics of one protocol from its per-batch parts."""
+    request_index = np.concatenate([p["_request_index"] for p in parts])
     if config.name == "full":
         hits = np.concatenate([p["hits"] for p in parts])
         n_rel = np.concatenate([p["n_rel"] for p in parts])
@@ -206,7 +231,7 @@ def evaluate_retriever(retriever: Any, requests: Sequence[Request], config: Prot
             per_request[f"ndcg@{k}"] = ndcg_at_k(hits, n_rel, k)
         per_request["mrr"] = mrr(hits)
     metrics = {name: float(values.mean()) for name, values in per_request.items()}
-    return EvalResult(metrics, per_request, len(requests), len(request_index), request_index, config)
+    return EvalResult(metrics, per_request, num_requests, len(request_index), request_index, config)
 
 
 def negative_sample(request: Request, num_items: int, num_negatives: int, forbidden: np.ndarray, seed: int,
@@ -227,8 +252,7 @@ def negative_sample(request: Request, num_items: int, num_negatives: int, forbid
     return draws + np.searchsorted(forbidden - np.arange(len(forbidden)), draws, side="right")
 
 
-def _batch_scores(retriever: Any, batch: list[Request], num_items: int, position: dict[str, int],
-                  exclude_history: bool) -> torch.Tensor:
+def _batch_scores(retriever: Any, batch: list[Request], num_items: int) -> torch.Tensor:
     scores = retriever.score(batch)
     if not isinstance(scores, torch.Tensor):
         raise TypeError(f"{type(retriever).__name__}.score must return a torch.Tensor, got {type(scores).__name__}")
@@ -236,17 +260,20 @@ def _batch_scores(retriever: Any, batch: list[Request], num_items: int, position
         raise ValueError(f"{type(retriever).__name__}.score returned shape {tuple(scores.shape)} for {len(batch)} "
                          f"requests; expected ({len(batch)}, {num_items}) in item_ids order")
     scores = scores.detach()
-    if not scores.is_floating_point():
-        scores = scores.float()
-    if exclude_history:
-        rows, cols = [], []
-        for row, request in enumerate(batch):
-            hidden = [position[i] for i in request.exclude if i in position]
-            rows += [row] * len(hidden)
-            cols += hidden
-        if cols:
-            scores = scores.clone()  # the retriever may return a cached tensor; never mask it in place
-            scores[torch.tensor(rows, device=scores.device), torch.tensor(cols, device=scores.device)] = float("-inf")
+    return scores if scores.is_floating_point() else scores.float()
+
+
+def _mask_excluded(scores: torch.Tensor, batch: list[Request], position: dict[str, int]) -> torch.Tensor:
+    """A copy of ``scores`` with each request's ``exclude`` items at -inf."""
+    rows, cols = [], []
+    for row, request in enumerate(batch):
+        hidden = [position[i] for i in request.exclude if i in position]
+        rows += [row] * len(hidden)
+        cols += hidden
+    if not cols:
+        return scores
+    scores = scores.clone()  # the retriever may return a cached tensor, and the unmasked scores may serve another protocol
+    scores[torch.tensor(rows, device=scores.device), torch.tensor(cols, device=scores.device)] = float("-inf")
     return scores
 
 
