@@ -76,6 +76,36 @@ def test_exact_scores_equal_beam_search_scores(retriever):
         assert torch.allclose(expected, torch.tensor(values), atol=1e-4)
 
 
+def test_exact_scores_take_the_same_values_on_every_code_path(retriever):
+    """Broadcast encoder states vs states expanded per prefix; sliced vs full output layer; the model is left as it was."""
+    requests = [Request("search", "", {"sku-1"}, query="red shoes"), Request("recommend", "", {"sku-2"}, history=ITEMS[:3])]
+    head, keys = retriever.model.get_output_embeddings(), set(retriever.model.state_dict())
+    fast = retriever.score(requests)
+    assert retriever.model.get_output_embeddings() is head and set(retriever.model.state_dict()) == keys
+    retriever._broadcast_encoder = False
+    try:
+        expanded = retriever.score(requests)
+    finally:
+        del retriever._broadcast_encoder
+    torch.testing.assert_close(fast, expanded, atol=1e-5, rtol=1e-5)
+
+    class WrappedHead(torch.nn.Linear):
+        """Not a plain Linear (as when an adapter wraps the output layer): scored over the whole vocabulary."""
+
+    wrapped = WrappedHead(head.in_features, head.out_features, bias=head.bias is not None)
+    wrapped.weight = head.weight
+    retriever.model.set_output_embeddings(wrapped)
+    try:
+        torch.testing.assert_close(retriever.score(requests), fast, atol=1e-5, rtol=1e-5)
+    finally:
+        retriever.model.set_output_embeddings(head)
+    # The plan skips prefixes with one valid continuation; their log-probability is exactly 0, so every item's
+    # score is the sum over the branching positions only, and the distribution still sums to one.
+    plan = retriever._score_plan()
+    assert any((lv["item_row"] < 0).any() for lv in plan), "no non-branching prefix: the test would not cover the skip"
+    assert torch.allclose(fast.exp().sum(-1), torch.ones(2), atol=1e-4)
+
+
 def test_retrieval_returns_only_catalog_items(retriever):
     out = retriever.retrieve(["search: red shoes", "search: mug"], k=5, num_beams=5)
     for items in out.item_ids:
