@@ -4,6 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 from recipes_util import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -188,3 +189,33 @@ def test_generative_overrides_reach_the_training_config(tmp_path):
     bad = ModelSpec(name="bad", overrides={"heads": [{"nme": "jsr"}]})
     with pytest.raises((ValueError, TypeError), match="nme"):
         generative_config(bad, suite.datasets[0], suite, 0, tmp_path)
+
+
+def test_a_finished_training_run_is_reused_not_retrained(tmp_path, monkeypatch):
+    """Evaluation interrupted or re-run: the trained model of the same config is loaded, not trained again."""
+    import genretrieval.training as training
+    from genretrieval.benchmark.runner import load_dataset, train_generative
+    from genretrieval.benchmark.suite import DatasetSpec, ModelSpec, SuiteConfig
+
+    from genretrieval.data.synthetic import SyntheticConfig
+
+    dataset = DatasetSpec(name="d", source="synthetic", synthetic=SyntheticConfig(num_items=40, num_users=30))
+    spec = ModelSpec(name="Gen-R", tasks=["recommend"])
+    suite = SuiteConfig(name="t", seeds=[0], datasets=[dataset], models=[spec],
+                        generative_defaults={"training.max_steps": 2, "training.num_threads": 1,
+                                             "model.d_model": 16, "model.d_ff": 32, "model.num_layers": 1,
+                                             "model.num_decoder_layers": 1, "model.num_heads": 2, "model.d_kv": 8})
+    catalog, interactions, _ = load_dataset(dataset)
+    first, result = train_generative(spec, dataset, suite, 0, (catalog, interactions), tmp_path / "run")
+    assert result["steps"] == 2 and not result.get("reused")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr(training, "train", no_training)
+    again, reused = train_generative(spec, dataset, suite, 0, (catalog, interactions), tmp_path / "run")
+    assert reused["reused"] and reused["steps"] == 2 and reused["log_history"] == result["log_history"]
+    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()))
+    # Another config (seed) in the same directory is trained, not confused with the finished run.
+    with pytest.raises(AssertionError, match="trained again"):
+        train_generative(spec, dataset, suite, 1, (catalog, interactions), tmp_path / "run")

@@ -136,11 +136,23 @@ def generative_config(spec: ModelSpec, dataset: DatasetSpec, suite: SuiteConfig,
 
 def train_generative(spec: ModelSpec, dataset: DatasetSpec, suite: SuiteConfig, seed: int, tables: tuple[Any, Any],
                      run_dir: Path) -> tuple[Any, dict[str, Any]]:
-    """Train a generative model through the same loop as recipes/train.py; returns (retriever, its metrics.json)."""
+    """Train a generative model through the same loop as recipes/train.py; returns (retriever, its metrics.json).
+
+    A training run that already finished in ``run_dir`` with the same config (its ``config.json``) is reused: a
+    run interrupted during evaluation, or re-evaluated after a change to the evaluation code, does not train again.
+    """
     from ..modeling import GenerativeRetriever
     from ..training import train
 
-    result = train(generative_config(spec, dataset, suite, seed, run_dir), tables=tables)
+    config = generative_config(spec, dataset, suite, seed, run_dir)
+    finished = run_dir / "metrics.json"
+    if finished.is_file() and (run_dir / "model").is_dir() and (run_dir / "config.json").is_file():
+        saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        if saved == json.loads(json.dumps(asdict(config))):
+            result = json.loads(finished.read_text(encoding="utf-8"))
+            if "interrupted_at_step" not in result:
+                return GenerativeRetriever.from_pretrained(run_dir / "model"), {**result, "reused": True}
+    result = train(config, tables=tables)
     return GenerativeRetriever.from_pretrained(run_dir / "model"), result
 
 
@@ -163,6 +175,7 @@ def run_one(spec: ModelSpec, dataset: DatasetSpec, suite: SuiteConfig, seed: int
         tasks = list(spec.tasks)
         record["log_history"] = train_result.get("log_history", [])
         record["steps"] = train_result.get("steps")
+        record["training_reused"] = bool(train_result.get("reused", False))
     else:
         torch.manual_seed(seed)
         retriever = make_baseline(spec)
