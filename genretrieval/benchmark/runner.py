@@ -149,9 +149,9 @@ def train_generative(spec: ModelSpec, dataset: DatasetSpec, suite: SuiteConfig, 
     if finished.is_file() and (run_dir / "model").is_dir() and (run_dir / "config.json").is_file():
         saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
         if saved == json.loads(json.dumps(asdict(config))):
+            # metrics.json is written only when training ran to its end (an interrupted run returns before it).
             result = json.loads(finished.read_text(encoding="utf-8"))
-            if "interrupted_at_step" not in result:
-                return GenerativeRetriever.from_pretrained(run_dir / "model"), {**result, "reused": True}
+            return GenerativeRetriever.from_pretrained(run_dir / "model"), {**result, "reused": True}
     result = train(config, tables=tables)
     return GenerativeRetriever.from_pretrained(run_dir / "model"), result
 

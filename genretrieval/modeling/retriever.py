@@ -151,6 +151,7 @@ class GenerativeRetriever:
         self._trie = None
         self._plan: dict[str, Any] | None = None
         self._prefix_tokens: int | None = None
+        self._broadcast_encoder = True  # False once the model's attention refused batch-1 encoder states (score())
         self.heads: Any = None  # AuxiliaryHeads attached for training (saved as heads.json + heads.safetensors)
         self.saved_heads: Any = None  # (ModuleDict, heads.json) of the heads found by from_pretrained, if any
         missing = [t for t in id_scheme.new_tokens()[:1] + id_scheme.new_tokens()[-1:] if t not in tokenizer.get_vocab()]
@@ -329,14 +330,15 @@ class GenerativeRetriever:
         their keys and values are projected once instead of once per prefix (the dominant cost otherwise). A model
         whose attention does not broadcast gets the states expanded to the prefix batch (same numbers, slower).
         """
-        n = len(decoder_input_ids)
-        if getattr(self, "_broadcast_encoder", True):
+        logits = None
+        if self._broadcast_encoder:
             try:
                 logits = self.model(encoder_outputs=(hidden,), attention_mask=attention_mask,
                                     decoder_input_ids=decoder_input_ids).logits
             except RuntimeError:
-                self._broadcast_encoder = False
-        if not getattr(self, "_broadcast_encoder", True):
+                self._broadcast_encoder = False  # remembered: later calls go straight to the expanded path
+        if logits is None:
+            n = len(decoder_input_ids)
             logits = self.model(encoder_outputs=(hidden.expand(n, -1, -1),),
                                 attention_mask=attention_mask.expand(n, -1), decoder_input_ids=decoder_input_ids).logits
         z = logits[:, -1, columns].float().masked_fill(~mask, float("-inf"))
