@@ -219,3 +219,21 @@ def test_a_finished_training_run_is_reused_not_retrained(tmp_path, monkeypatch):
     # Another config (seed) in the same directory is trained, not confused with the finished run.
     with pytest.raises(AssertionError, match="trained again"):
         train_generative(spec, dataset, suite, 1, (catalog, interactions), tmp_path / "run")
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes" / "configs" / "suites").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_suite_builds_its_models(path, tmp_path):
+    """A typo in a shipped suite (an override key, a head parameter, a baseline param) fails here, not an hour into
+    a benchmark run on real data."""
+    from genretrieval.benchmark.runner import generative_config, make_baseline
+    from genretrieval.benchmark.suite import load_suite
+    from genretrieval.modeling.heads import build_head
+
+    suite = load_suite(str(path), data_root=str(tmp_path))
+    for spec in suite.models:
+        if spec.kind == "baseline":
+            make_baseline(spec)
+            continue
+        config = generative_config(spec, suite.datasets[0], suite, suite.seeds[0], tmp_path / spec.slug)
+        for head in config.heads:
+            build_head(head.name, embed_dim=8, num_users=3, vocab_size=11, **head.params)
