@@ -147,7 +147,7 @@ def test_seq2seq_shared_embeddings_share_rows_and_pass_gradients():
     assert torch.allclose(semantic.items(torch.tensor([1]))[0], (shared[10] + shared[21]) / 2)
 
 
-def test_standalone_head_baseline_fits_scores_and_trains_tasks_individually(dot_head):
+def test_standalone_head_baseline_fits_scores_and_trains_tasks_individually(dot_head, capsys):
     from genretrieval.baselines import HeadBaselineConfig, register_head_baselines
     from genretrieval.baselines.base import get_baseline_class
     from genretrieval.evaluation.evaluator import group_requests
@@ -159,6 +159,8 @@ def test_standalone_head_baseline_fits_scores_and_trains_tasks_individually(dot_
     cls = get_baseline_class("dot-test")
     model = cls(HeadBaselineConfig(max_epochs=2, batch_size=64, embedding_dim=8)).fit(catalog, train, valid, seed=0)
     assert model.supported_tasks == ("search", "recommend")
+    shown = capsys.readouterr().err  # epoch and batch bars: minutes per epoch must not be silent
+    assert "dot-test" in shown and "epoch" in shown and "batch" in shown
     requests = group_requests(examples["search"]["test"], lambda r: r["query"])[:5]
     requests += group_requests(examples["recommend"]["test"], lambda r: " ".join(r["history"]))[:5]
     scores = model.score(requests)

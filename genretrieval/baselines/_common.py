@@ -151,6 +151,13 @@ class EarlyStopping:
             model.load_state_dict(self._state)
 
 
+def batch_progress(batches: Sequence[Any], desc: str) -> Any:
+    """``batches`` behind a transient tqdm bar (an epoch of a sequence head can take minutes on a CPU)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(batches, desc=desc, unit="batch", leave=False)
+
+
 def check_num_threads(owner: str, value: int | None) -> None:
     """Raise ``ValueError`` unless ``value`` is ``None`` or an integer >= 1."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -172,9 +179,13 @@ def train_with_early_stopping(model: torch.nn.Module, run_epoch: Callable[[], fl
     Without ``validate`` every epoch is run and the last state kept. Returns one log entry per epoch
     (``epoch``, ``loss`` and, when validated, ``valid``).
     """
+    from tqdm.auto import tqdm
+
     stopper = EarlyStopping(patience)
     log: list[dict[str, float]] = []
-    for epoch in range(1, max_epochs + 1):
+    # a bar per model: standalone baselines train for minutes per epoch on a CPU, silently otherwise
+    bar = tqdm(range(1, max_epochs + 1), desc=name, unit="epoch", leave=False)
+    for epoch in bar:
         model.train()
         entry = {"epoch": float(epoch), "loss": float(run_epoch())}
         stop = False
@@ -184,10 +195,15 @@ def train_with_early_stopping(model: torch.nn.Module, run_epoch: Callable[[], fl
                 entry["valid"] = validate()
             stop = stopper.update(entry["valid"], epoch, model)
         log.append(entry)
+        postfix = {k: round(v, 4) for k, v in entry.items() if k != "epoch"}
+        if stopper.best_epoch > 0:
+            postfix["best_epoch"] = stopper.best_epoch
+        bar.set_postfix(postfix)
         logger.info("%s epoch %d: %s", name, epoch, {k: round(v, 4) for k, v in entry.items() if k != "epoch"})
         if stop:
             logger.info("%s: early stop at epoch %d, best epoch %d (%.4f)", name, epoch, stopper.best_epoch, stopper.best)
             break
+    bar.close()
     stopper.restore(model)
     model.eval()
     return log

@@ -22,6 +22,7 @@ from ..evaluation.evaluator import Request
 from ..modeling.heads import Head, HeadDataConfig, OwnEmbeddings, build_head, registered_heads
 from ._common import (
     VALID_METRICS,
+    batch_progress,
     catalog_texts,
     check_num_threads,
     check_positive,
@@ -147,7 +148,7 @@ class HeadBaseline(Retriever):
 
         def run_epoch() -> float:
             total, steps = torch.zeros(()), 0
-            for chunk in batches():
+            for chunk in batch_progress(batches(), f"{self.name}{'/' + only if only else ''} ({mode})"):
                 batch = self.builder.from_examples(chunk, head.config.num_negatives, generator)
                 out = head(batch, emb)
                 optimizer.zero_grad()
