@@ -240,3 +240,23 @@ def test_auxiliary_heads_add_weighted_losses_train_shared_rows_and_save_with_the
         HeadSpec("nope")
     with pytest.raises(ValueError, match="weight must be"):
         HeadSpec("dot-test", weight=-1)
+
+
+def test_head_baseline_validates_on_a_seeded_sample_per_task(dot_head, monkeypatch):
+    import genretrieval.baselines.heads as heads_module
+    from genretrieval.baselines import HeadBaselineConfig, register_head_baselines
+    from genretrieval.baselines.base import get_baseline_class
+
+    register_head_baselines()
+    catalog, examples = _tables()
+    seen = []
+    monkeypatch.setattr(heads_module, "ranking_quality",
+                        lambda fn, requests, *args: seen.append(list(requests)) or 0.5)
+    config = HeadBaselineConfig(max_epochs=2, embedding_dim=8, max_valid_requests=3)
+    get_baseline_class("dot-test")(config).fit(catalog, {t: examples[t]["train"] for t in examples},
+                                               {t: examples[t]["validation"] for t in examples})
+    assert len(seen) == 2 and all(len(r) == 6 for r in seen)  # 3 search + 3 recommend requests, every epoch
+    assert [r.source for r in seen[0]] == [r.source for r in seen[1]]  # the same sample each epoch
+    assert [r.task for r in seen[0]] == ["search"] * 3 + ["recommend"] * 3
+    with pytest.raises(ValueError, match="max_valid_requests"):
+        HeadBaselineConfig(max_valid_requests=0)
