@@ -419,3 +419,12 @@ def test_several_protocols_share_one_scoring_pass():
             np.testing.assert_array_equal(result.per_request[name], values)
     with pytest.raises(ValueError, match="configs is empty"):
         evaluate_protocols(model, requests, [])
+
+
+def test_metric_bars_give_every_model_its_own_colour():
+    """Suites have ~20 models; matplotlib's default cycle repeats after 10, which made two models' bars look alike."""
+    from genretrieval.evaluation.plots import _distinct_colors
+
+    for n in (1, 10, 11, 20, 21, 30):
+        colors = _distinct_colors(n)
+        assert len(colors) == n and len({tuple(round(c, 3) for c in color) for color in colors}) == n

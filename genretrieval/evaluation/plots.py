@@ -34,22 +34,35 @@ def plot_metrics(table: Mapping[str, Mapping[str, float]], metrics: Sequence[str
     models = list(table)
     x = np.arange(len(metrics))
     width = 0.8 / len(models)
-    fig = Figure(figsize=(max(6.0, 0.5 * len(metrics) * len(models) + 2), 4.5))
+    fig = Figure(figsize=(max(6.0, 0.5 * len(metrics) * len(models) + 2), 4.5), layout="constrained")
     ax = fig.add_subplot()
+    colors = _distinct_colors(len(models))
     for j, model in enumerate(models):
         values = [float(table[model][m]) for m in metrics]
-        bars = ax.bar(x - 0.4 + width * (j + 0.5), values, width, label=model)
+        bars = ax.bar(x - 0.4 + width * (j + 0.5), values, width, label=model, color=colors[j])
         ax.bar_label(bars, fmt="%.3f", fontsize=7, rotation=90, padding=2)
     ax.set_xticks(x, list(metrics))
     ax.set_ylabel("value")
     shown = [float(row[m]) for row in table.values() for m in metrics]
     top = max((v for v in shown if np.isfinite(v)), default=1.0)
     ax.set_ylim(0, max(top, 1e-9) * 1.25)  # headroom for the rotated value labels
-    ax.legend(fontsize=8, ncols=min(len(models), 4), loc="upper left")
+    # beside the axes: a benchmark suite has ~20 models, whose legend would cover the bars inside
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), ncols=1 + (len(models) - 1) // 24)
     if title:
         ax.set_title(title)
-    fig.tight_layout()
     return _save(fig, path)
+
+
+def _distinct_colors(n: int) -> list[Any]:
+    """``n`` colours no two alike: tab20's strong shades first, then its light ones; a continuous map beyond 20
+    (matplotlib's default cycle repeats after 10, so a suite's 11th model took the 1st one's colour)."""
+    from matplotlib import colormaps
+
+    if n <= 20:
+        tab20 = colormaps["tab20"]
+        return [tab20(i) for i in [*range(0, 20, 2), *range(1, 20, 2)][:n]]
+    turbo = colormaps["turbo"]
+    return [turbo(i / (n - 1)) for i in range(n)]
 
 
 def plot_training_curves(histories: Mapping[str, Sequence[Mapping[str, Any]]], key: str, path: str | os.PathLike,
