@@ -151,17 +151,11 @@ class EarlyStopping:
             model.load_state_dict(self._state)
 
 
-def batch_progress(batches: Sequence[Any], desc: str) -> Any:
-    """``batches`` behind a transient tqdm bar (an epoch of a sequence head can take minutes on a CPU)."""
-    from tqdm.auto import tqdm
-
-    return tqdm(batches, desc=desc, unit="batch", leave=False)
-
-
-def check_num_threads(owner: str, value: int | None) -> None:
-    """Raise ``ValueError`` unless ``value`` is ``None`` or an integer >= 1."""
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"{owner}.num_threads must be None or an integer >= 1, got {value!r}")
+def check_none_or_count(owner: str, **values: int | None) -> None:
+    """Raise ``ValueError`` naming the first of ``values`` that is neither ``None`` nor an integer >= 1."""
+    for name, value in values.items():
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{owner}.{name} must be None or an integer >= 1, got {value!r}")
 
 
 def check_positive(owner: str, **values: float) -> None:
@@ -195,11 +189,9 @@ def train_with_early_stopping(model: torch.nn.Module, run_epoch: Callable[[], fl
                 entry["valid"] = validate()
             stop = stopper.update(entry["valid"], epoch, model)
         log.append(entry)
-        postfix = {k: round(v, 4) for k, v in entry.items() if k != "epoch"}
-        if stopper.best_epoch > 0:
-            postfix["best_epoch"] = stopper.best_epoch
-        bar.set_postfix(postfix)
-        logger.info("%s epoch %d: %s", name, epoch, {k: round(v, 4) for k, v in entry.items() if k != "epoch"})
+        shown = {k: round(v, 4) for k, v in entry.items() if k != "epoch"}
+        bar.set_postfix({**shown, "best_epoch": stopper.best_epoch} if stopper.best_epoch > 0 else shown)
+        logger.info("%s epoch %d: %s", name, epoch, shown)
         if stop:
             logger.info("%s: early stop at epoch %d, best epoch %d (%.4f)", name, epoch, stopper.best_epoch, stopper.best)
             break

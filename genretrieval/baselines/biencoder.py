@@ -33,7 +33,7 @@ from ._common import (
     VALID_METRICS,
     catalog_item_ids,
     catalog_texts,
-    check_num_threads,
+    check_none_or_count,
     check_positive,
     column,
     ranking_quality,
@@ -87,7 +87,7 @@ class BiEncoderConfig:
         check_positive("BiEncoderConfig", temperature=self.temperature, learning_rate=self.learning_rate)
         if self.weight_decay < 0:
             raise ValueError(f"BiEncoderConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
-        check_num_threads("BiEncoderConfig", self.num_threads)
+        check_none_or_count("BiEncoderConfig", num_threads=self.num_threads)
         self.tasks = tuple(self.tasks)
         if not self.tasks or any(t not in TASKS for t in self.tasks):
             raise ValueError(f"BiEncoderConfig.tasks must be a non-empty subset of {TASKS}, got {self.tasks!r}")

@@ -23,9 +23,8 @@ from ..evaluation.sampling import sample_request_index
 from ..modeling.heads import Head, HeadDataConfig, OwnEmbeddings, build_head, registered_heads
 from ._common import (
     VALID_METRICS,
-    batch_progress,
     catalog_texts,
-    check_num_threads,
+    check_none_or_count,
     check_positive,
     column,
     ranking_quality,
@@ -68,15 +67,11 @@ class HeadBaselineConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"HeadBaselineConfig.{name} must be an integer >= 1, got {value!r}")
-        if self.max_valid_requests is not None and (isinstance(self.max_valid_requests, bool) or
-                                                    not isinstance(self.max_valid_requests, int)
-                                                    or self.max_valid_requests < 1):
-            raise ValueError(f"HeadBaselineConfig.max_valid_requests must be an integer >= 1 or None, "
-                             f"got {self.max_valid_requests!r}")
         check_positive("HeadBaselineConfig", learning_rate=self.learning_rate)
         if self.valid_metric not in VALID_METRICS:
             raise ValueError(f"HeadBaselineConfig.valid_metric must be one of {VALID_METRICS}, got {self.valid_metric!r}")
-        check_num_threads("HeadBaselineConfig", self.num_threads)
+        check_none_or_count("HeadBaselineConfig", num_threads=self.num_threads,
+                            max_valid_requests=self.max_valid_requests)
 
 
 class HeadBaseline(Retriever):
@@ -134,11 +129,14 @@ class HeadBaseline(Retriever):
     def _train_stage(self, tasks: list[str], rows: Mapping[str, list[dict]], validation: Mapping[str, Any] | None,
                      epochs: int, mode: str, generator: torch.Generator, only: str | None = None) -> None:
         """Train the head(s) of ``tasks`` for up to ``epochs`` epochs with early stopping on their validation sets."""
+        from tqdm.auto import tqdm
+
         cfg = self.config
         assert self.builder is not None
         head, emb = self.heads[tasks[0]], self.embeddings[tasks[0]]
         module = torch.nn.ModuleDict({"head": head, "emb": emb})
         optimizer = torch.optim.Adam(module.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        label = f"{self.name}{'/' + only if only else ''}"
         valid_requests = []
         for task in tasks:  # sampled per task: ranking_quality averages the tasks, each must stay represented
             per_task = validation_requests(validation, [task])
@@ -160,7 +158,8 @@ class HeadBaseline(Retriever):
 
         def run_epoch() -> float:
             total, steps = torch.zeros(()), 0
-            for chunk in batch_progress(batches(), f"{self.name}{'/' + only if only else ''} ({mode})"):
+            # a batch bar too: one epoch of a sequence head takes minutes on a CPU
+            for chunk in tqdm(batches(), desc=f"{label} ({mode})", unit="batch", leave=False):
                 batch = self.builder.from_examples(chunk, head.config.num_negatives, generator)
                 out = head(batch, emb)
                 optimizer.zero_grad()
@@ -175,7 +174,7 @@ class HeadBaseline(Retriever):
 
         self.training_log += [dict(entry, stage_tasks=float(len(tasks))) for entry in train_with_early_stopping(
             module, run_epoch, validate if valid_requests else None, max_epochs=epochs, patience=cfg.patience,
-            eval_every=1, name=f"{self.name}{'/' + only if only else ''}")]
+            eval_every=1, name=label)]
 
     def _score_with(self, head: Head, emb: OwnEmbeddings, requests: Sequence[Request]) -> torch.Tensor:
         """Full-catalog scores of ``requests`` by one head."""

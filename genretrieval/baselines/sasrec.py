@@ -20,7 +20,7 @@ from ..evaluation.evaluator import Request
 from ._common import (
     VALID_METRICS,
     catalog_item_ids,
-    check_num_threads,
+    check_none_or_count,
     check_positive,
     column,
     ranking_quality,
@@ -76,7 +76,7 @@ class SASRecConfig:
         check_positive("SASRecConfig", learning_rate=self.learning_rate, init_std=self.init_std)
         if self.weight_decay < 0:
             raise ValueError(f"SASRecConfig.weight_decay must be >= 0, got {self.weight_decay!r}")
-        check_num_threads("SASRecConfig", self.num_threads)
+        check_none_or_count("SASRecConfig", num_threads=self.num_threads)
 
 
 class _Block(nn.Module):
