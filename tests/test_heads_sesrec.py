@@ -203,6 +203,36 @@ def test_padding_does_not_leak():
         torch.testing.assert_close(head.score(batch, emb, torch.arange(ITEMS)), scores)
 
 
+def test_each_distinct_query_is_encoded_once_with_the_same_scores_and_gradients(monkeypatch):
+    emb = tiny_embeddings(ITEMS, VOCAB, DIM)
+    head = make_head(dropout=0.0)
+    batch = random_batch(size=8, history=5, searches=6, seed=11)
+    # Search histories repeat queries: two distinct past queries in all 8 x 6 steps.
+    pool = batch.search_queries[0, -1:].expand(2, -1).clone()
+    pool[1, 0] = pool[0, 0] % (VOCAB - 1) + 1
+    repeated = pool[torch.arange(8 * 6).reshape(8, 6) % 2]
+    batch = dataclasses.replace(batch, search_queries=repeated * (batch.search_items >= 0).unsqueeze(-1))
+    encoded = []
+    encode_text = emb.encode_text
+    monkeypatch.setattr(emb, "encode_text", lambda ids: encoded.append(ids) or encode_text(ids))
+    torch.manual_seed(0)  # the alignment negatives are sampled: the same ones in both passes
+    out = head(batch, emb)
+    out.loss.backward()
+    rows = encoded[0].reshape(-1, encoded[0].shape[-1])
+    assert len(encoded) == 1 and len(rows) == len(torch.unique(rows, dim=0)) <= 2 + 1 + 8  # + padding + current
+    deduped_grad = emb.word_table.weight.grad.clone()
+
+    # The same head encoding every row separately (the computation before rows were deduplicated).
+    monkeypatch.setattr(head, "_query_vectors",
+                        lambda e, q: head.query_proj(head._pool_query(encode_text(q), q)))
+    emb.zero_grad()
+    torch.manual_seed(0)
+    reference = head(batch, emb)
+    reference.loss.backward()
+    torch.testing.assert_close(out.scores, reference.scores)
+    torch.testing.assert_close(deduped_grad, emb.word_table.weight.grad)
+
+
 def test_empty_histories_and_no_search_pairs_keep_a_valid_graph():
     emb = tiny_embeddings(ITEMS, VOCAB, DIM)
     head = make_head()
