@@ -222,14 +222,20 @@ def test_each_distinct_query_is_encoded_once_with_the_same_scores_and_gradients(
     assert len(encoded) == 1 and len(rows) == len(torch.unique(rows, dim=0)) <= 2 + 1 + 8  # + padding + current
     deduped_grad = emb.word_table.weight.grad.clone()
 
-    # The same head encoding every row separately (the computation before rows were deduplicated).
-    monkeypatch.setattr(head, "_query_vectors",
-                        lambda e, q: head.query_proj(head._pool_query(encode_text(q), q)))
+    # The same head encoding every row separately (the computation before rows were deduplicated), its same-text
+    # labels for L_ali from a dict of the rows' token tuples.
+    def row_by_row(e, q):
+        labels = {}
+        keys = [labels.setdefault(tuple(row.tolist()), len(labels)) for row in q.reshape(-1, q.shape[-1])]
+        return head.query_proj(head._pool_query(encode_text(q), q)), torch.tensor(keys).reshape(q.shape[:-1])
+
+    monkeypatch.setattr(head, "_query_vectors", row_by_row)
     emb.zero_grad()
     torch.manual_seed(0)
     reference = head(batch, emb)
     reference.loss.backward()
     torch.testing.assert_close(out.scores, reference.scores)
+    torch.testing.assert_close(out.terms["ali"], reference.terms["ali"])
     torch.testing.assert_close(deduped_grad, emb.word_table.weight.grad)
 
 

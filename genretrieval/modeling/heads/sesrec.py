@@ -307,8 +307,10 @@ class SESRecHead(Head):
         """Mean of the term encodings over the non-padding terms (the paper's MEAN of term embeddings)."""
         return masked_mean(encoded, ids != 0)
 
-    def _query_vectors(self, emb: SharedEmbeddings, queries: torch.LongTensor) -> torch.Tensor:
-        """``W_q`` times the pooled encoding of each query row of ``queries [B, S, L]`` -> ``[B, S, d]``.
+    def _query_vectors(self, emb: SharedEmbeddings,
+                       queries: torch.LongTensor) -> tuple[torch.Tensor, torch.LongTensor]:
+        """``W_q`` times the pooled encoding of each query row of ``queries [B, S, L]`` -> ``[B, S, d]``, and each
+        row's index among the distinct rows ``[B, S]`` (equal indices = same query text; L_ali masks those pairs).
 
         Each distinct row is encoded once: search histories repeat queries (a user's own, and popular queries
         across users), and with the shared T5 encoder the B x (S + 1) rows were 4x the seq2seq model's own cost on
@@ -316,7 +318,8 @@ class SESRecHead(Head):
         """
         unique, inverse = torch.unique(queries.reshape(-1, queries.shape[-1]), dim=0, return_inverse=True)
         vectors = self.query_proj(self._pool_query(emb.encode_text(unique), unique))
-        return vectors[inverse].reshape(*queries.shape[:-1], -1)
+        inverse = inverse.reshape(queries.shape[:-1])
+        return vectors[inverse], inverse
 
     def _positions(self, table: nn.Embedding, length: int, max_len: int, device: torch.device) -> torch.Tensor:
         """Position vectors of the last ``length`` slots of a ``max_len`` table (the latest step gets the last slot)."""
@@ -338,7 +341,7 @@ class SESRecHead(Head):
         width = max(search_queries.shape[-1], batch.query.shape[-1])
         all_queries = torch.cat([F.pad(search_queries, (0, width - search_queries.shape[-1])),
                                  F.pad(batch.query, (0, width - batch.query.shape[-1])).unsqueeze(1)], dim=1)
-        all_vec = self._query_vectors(emb, all_queries)  # Ê_q: [B, S + 1, d]
+        all_vec, query_keys = self._query_vectors(emb, all_queries)  # Ê_q: [B, S + 1, d]
         query_vec = all_vec[:, :-1]
         click_vec = self.item_proj(emb.items(search_items))  # Ê_c (one click per step, so also Ẽ_c)
         past_mask = (search_items >= 0) | (search_queries != 0).any(-1)
@@ -361,7 +364,7 @@ class SESRecHead(Head):
         if with_alignment and c.alignment:
             pairs = (search_items >= 0) & (search_queries != 0).any(-1)
             align = self._alignment(emb, query_vec[pairs], click_vec[pairs], search_items[pairs],
-                                    search_queries[pairs])
+                                    query_keys[:, :-1][pairs])
         return _UserState(rec, search, user), align
 
     def _co_attention(self, rec: _Sequence, search: _Sequence) -> None:
@@ -377,14 +380,17 @@ class SESRecHead(Head):
             seq.similar, seq.dissimilar = similarity_split(seq.scores, seq.mask)
 
     def _alignment(self, emb: SharedEmbeddings, queries: torch.Tensor, items: torch.Tensor,
-                   item_ids: torch.LongTensor, query_ids: torch.LongTensor) -> torch.Tensor:
-        """L_ali over the batch's (query, clicked item) pairs; zero (graph kept) when there are none."""
+                   item_ids: torch.LongTensor, query_keys: torch.LongTensor) -> torch.Tensor:
+        """L_ali over the batch's (query, clicked item) pairs; zero (graph kept) when there are none.
+
+        ``query_keys`` label each pair's query text (from :meth:`_query_vectors`), so that pairs of one query are not
+        each other's negatives.
+        """
         if queries.shape[0] == 0:
             return (self.align_w.sum() + self.log_temperature) * 0.0
         num = min(self.config.align_negatives, emb.num_items)
         negative_ids = torch.randint(0, emb.num_items, (num,), device=queries.device)
         negatives = self.item_proj(emb.items(negative_ids))
-        query_keys = torch.unique(query_ids, dim=0, return_inverse=True)[1]
         return alignment_loss(queries, items, negatives, self.align_w, self.temperature, item_ids=item_ids,
                               negative_item_ids=negative_ids, query_keys=query_keys)
 
